@@ -1,0 +1,121 @@
+"""The estimator contract and the policy-gradient loss shared by every estimator.
+
+An estimator turns rewards [B, G] (G samples of each of B prompts) into advantages, and per-step log-probs
+[N, S] into a scalar loss. The loss is the clipped importance-weighted policy gradient of PPO/GRPO,
+
+    per_step = -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * kl,
+    ratio = exp(logp - old_logp),
+
+aggregated over steps and sequences by `loss_type`. With one optimisation pass per rollout (`old_logp` is
+the detached current log-prob), the ratio is exactly 1 and the gradient is REINFORCE's, -A * grad logp.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+LOSS_TYPES = ("sequence_sum", "grpo", "bnpo", "dapo", "dr_grpo")
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over the True entries of mask (0 when there are none)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def aggregate(per_step: Tensor, mask: Tensor, loss_type: str, max_length: int | None = None, num_tokens: Tensor | float | None = None) -> Tensor:
+    """Reduce a per-step loss [N, S] over valid steps to a scalar.
+
+    - sequence_sum: sum over each sequence's steps, mean over sequences (PAPER.md's RLOO loss).
+    - grpo: mean over each sequence's steps, then mean over sequences.
+    - bnpo: mean over all valid steps of the batch.
+    - dapo: sum over valid steps divided by `num_tokens`, the valid steps of the whole optimisation step
+      (all micro-batches and ranks); the batch's own count when not given.
+    - dr_grpo: sum over valid steps divided by N x max_length (a constant, Dr. GRPO).
+    """
+    m = mask.to(per_step.dtype)
+    total = (per_step * m).sum()
+    if loss_type == "sequence_sum":
+        return total / per_step.shape[0]
+    if loss_type == "grpo":
+        return ((per_step * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
+    if loss_type == "bnpo":
+        return total / m.sum().clamp(min=1)
+    if loss_type == "dapo":
+        return total / (num_tokens if num_tokens is not None else m.sum().clamp(min=1))
+    if loss_type == "dr_grpo":
+        return total / (per_step.shape[0] * (max_length or per_step.shape[1]))
+    raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+
+
+class Estimator:
+    """Base estimator: subclasses define `advantages`; the clipped policy-gradient loss is shared."""
+
+    def __init__(
+        self,
+        loss_type: str = "sequence_sum",
+        beta: float = 0.0,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        num_iterations: int = 1,
+        max_length: int | None = None,
+    ) -> None:
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+        if num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        self.loss_type = loss_type
+        self.beta = float(beta)
+        self.epsilon = float(epsilon)
+        self.epsilon_high = float(epsilon if epsilon_high is None else epsilon_high)
+        self.num_iterations = int(num_iterations)
+        self.max_length = max_length
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the frozen reference model is needed (only for the KL term)."""
+        return self.beta > 0
+
+    def advantages(self, rewards: Tensor) -> Tensor:
+        """Advantages [B, G] from rewards [B, G]; no gradient."""
+        raise NotImplementedError
+
+    def loss(
+        self,
+        logp: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        old_logp: Tensor | None = None,
+        kl: Tensor | None = None,
+        num_tokens: Tensor | float | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Scalar loss and detached metrics from per-step log-probs [N, S], advantages [N] and mask [N, S]."""
+        old = logp.detach() if old_logp is None else old_logp
+        ratio = torch.exp(logp - old)
+        adv = advantages.to(logp.dtype).unsqueeze(-1)
+        clipped_ratio = ratio.clamp(1 - self.epsilon, 1 + self.epsilon_high)
+        per_step = -torch.min(ratio * adv, clipped_ratio * adv)
+        if self.beta > 0:
+            if kl is None:
+                raise ValueError("beta > 0 but no KL was computed (the reference model is missing)")
+            per_step = per_step + self.beta * kl
+        loss = aggregate(per_step, mask, self.loss_type, self.max_length, num_tokens)
+        with torch.no_grad():
+            low = (ratio < 1 - self.epsilon) & (adv < 0)
+            high = (ratio > 1 + self.epsilon_high) & (adv > 0)
+            metrics = {
+                "clip_ratio/low_mean": masked_mean(low.float(), mask),
+                "clip_ratio/high_mean": masked_mean(high.float(), mask),
+                "clip_ratio/region_mean": masked_mean((low | high).float(), mask),
+                "advantages_std": advantages.float().std() if advantages.numel() > 1 else advantages.new_zeros(()),
+            }
+            if kl is not None:
+                metrics["kl"] = masked_mean(kl.detach().float(), mask)
+        return loss, metrics
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(loss_type={self.loss_type!r}, beta={self.beta}, epsilon={self.epsilon}, "
+            f"epsilon_high={self.epsilon_high}, num_iterations={self.num_iterations})"
+        )

@@ -1,0 +1,121 @@
+"""Teacher-forced log-probabilities of a rollout (PAPER.md, "Log-probability used by the policy gradient").
+
+One forward pass over `[prompt; fed CoT inputs; prefix; answer]` with `inputs_embeds` gives the hidden
+states of every position; the vocabulary projection and the log-probabilities are then computed only at
+the CoT and answer positions, a chunk of positions at a time, each chunk under activation checkpointing, so
+neither the forward nor the backward pass ever holds a float32 [N, T, V] tensor for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob, k3_kl
+from soft_tokens.rollout import Rollout
+
+
+@dataclass
+class StepLogProbs:
+    """Per-step quantities at generated positions, [N, S], zero where `mask` is False."""
+
+    logp: Tensor
+    mask: Tensor
+    kl: Tensor | None = None
+
+
+def input_embeds(model: PreTrainedModel, rollout: Rollout) -> Tensor:
+    """The inputs the rollout fed: token embeddings, with the stored CoT inputs of continuous representers."""
+    emb = model.get_input_embeddings()(rollout.ids)
+    if rollout.fed is None:
+        return emb
+    P = rollout.prompt_len
+    gen = torch.where(rollout.cot_mask.unsqueeze(-1), rollout.fed.to(emb.dtype), emb[:, P:])
+    return torch.cat([emb[:, :P], gen], dim=1)
+
+
+def hidden_states(model: PreTrainedModel, rollout: Rollout) -> Tensor:
+    """Final hidden states [N, S, d] at the positions that predict each generated step."""
+    out = model.get_decoder()(
+        inputs_embeds=input_embeds(model, rollout),
+        attention_mask=rollout.attention_mask,
+        position_ids=rollout.position_ids,
+        use_cache=False,
+    )
+    P = rollout.prompt_len
+    return out.last_hidden_state[:, P - 1 : -1]
+
+
+def _chunked(fn: Callable[..., Tensor], n: int, chunk_size: int, *tensors: Tensor) -> Tensor:
+    """Apply fn to row-chunks of `tensors` and concatenate; checkpoint each chunk when grad is on."""
+    outs = []
+    for i in range(0, n, chunk_size):
+        parts = [t[i : i + chunk_size] for t in tensors]
+        if torch.is_grad_enabled():
+            outs.append(checkpoint(fn, *parts, use_reentrant=False))
+        else:
+            outs.append(fn(*parts))
+    return torch.cat(outs)
+
+
+def rollout_log_probs(
+    model: PreTrainedModel,
+    rollout: Rollout,
+    representer: TokenRepresenter,
+    answer_temperature: float = 1.0,
+    chunk_size: int = 1024,
+    ref_model: PreTrainedModel | None = None,
+) -> StepLogProbs:
+    """Log-probs (and KL to `ref_model`, if given) of a rollout's CoT and answer steps under `model`."""
+    mask = rollout.gen_mask
+    rows, cols = mask.nonzero(as_tuple=True)
+    if len(rows) == 0:
+        zeros = torch.zeros(mask.shape, device=mask.device)
+        return StepLogProbs(logp=zeros, mask=mask, kl=zeros if ref_model is not None else None)
+    hid = hidden_states(model, rollout)[rows, cols]  # [M, d]
+    is_cot = rollout.cot_mask[rows, cols]
+    ids = rollout.ids[:, rollout.prompt_len :][rows, cols]
+    fed = rollout.fed[rows, cols] if rollout.fed is not None else torch.zeros_like(hid[:, :0])
+    lm_head = model.get_output_embeddings()
+    E = model.get_input_embeddings().weight
+
+    ref_hid = ref_head = E_ref = None
+    if ref_model is not None:
+        with torch.no_grad():
+            ref_hid = hidden_states(ref_model, rollout)[rows, cols]
+        ref_head = ref_model.get_output_embeddings()
+        E_ref = ref_model.get_input_embeddings().weight
+
+    def per_step(h: Tensor, cot: Tensor, tok: Tensor, x: Tensor, *ref: Tensor) -> Tensor:
+        """[c, 1] log-probs, or [c, 2] log-probs and KL when a reference hidden state is given."""
+        logits = lm_head(h)
+        fed_x = x if representer.continuous else None
+        logp = categorical_log_prob(logits, tok, answer_temperature)
+        if bool(cot.any()):
+            logp = torch.where(cot, representer.log_prob(logits, fed_x, tok, E), logp)
+        if not ref:
+            return logp.unsqueeze(-1)
+        with torch.no_grad():
+            ref_logits = ref_head(ref[0])
+        kl = k3_kl(logp, categorical_log_prob(ref_logits, tok, answer_temperature))
+        if bool(cot.any()):
+            kl = torch.where(cot, representer.kl(logits, ref_logits, fed_x, tok, E, E_ref), kl)
+        return torch.stack([logp, kl], dim=-1)
+
+    extra = (ref_hid,) if ref_hid is not None else ()
+    vals = _chunked(per_step, len(rows), chunk_size, hid, is_cot, ids, fed, *extra)
+    out = StepLogProbs(logp=_scatter(vals[:, 0], mask, rows, cols), mask=mask)
+    if ref_hid is not None:
+        out.kl = _scatter(vals[:, 1], mask, rows, cols)
+    return out
+
+
+def _scatter(values: Tensor, mask: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Place per-position values [M] back into a zero [N, S] tensor."""
+    full = values.new_zeros(mask.shape)
+    return full.index_put((rows, cols), values)

@@ -1,0 +1,65 @@
+"""Loading policies, reference models and tokenizers the Hugging Face way (hub name or local folder)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+@dataclass
+class ModelConfig:
+    """Where the policy comes from and how to load it; safe by default (safetensors, no remote code).
+
+    `from_config_overrides` builds the architecture of `name_or_path` with random weights and the given
+    config fields changed (e.g. fewer layers): used by tests and benchmarks of real presets, offline.
+    """
+
+    name_or_path: str
+    tokenizer: str | None = None  # defaults to name_or_path
+    dtype: str = "float32"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    from_config_overrides: dict[str, Any] | None = None
+    pad_token: str | None = None  # used when the tokenizer has none (defaults to the EOS token)
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained
+
+    @property
+    def torch_dtype(self) -> torch.dtype | str:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        return DTYPES[self.dtype]
+
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer, left-padded, with a pad token."""
+        tok = AutoTokenizer.from_pretrained(
+            self.tokenizer or self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
+        )
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = self.pad_token or tok.eos_token
+        return tok
+
+    def load_model(self) -> PreTrainedModel:
+        """The causal LM, from pretrained weights (safetensors only) or from its config with random weights."""
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        if self.from_config_overrides is not None:
+            config = AutoConfig.from_pretrained(self.name_or_path, **kwargs)
+            for key, value in self.from_config_overrides.items():
+                setattr(config, key, value)
+            model = AutoModelForCausalLM.from_config(config, dtype=self.torch_dtype, trust_remote_code=self.trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.name_or_path, dtype=self.torch_dtype, use_safetensors=True, **kwargs, **self.extra
+            )
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model

@@ -1,0 +1,237 @@
+"""The LightningModule: a policy (and, when needed, a frozen reference) trained by RL on its own rollouts.
+
+One training step (DESIGN.md, "One training step"): roll out G samples of each of the B prompts under the
+training representer (no gradient, eval mode) -> rewards -> advantages -> for each of `num_iterations`
+passes: teacher-forced log-probs of every micro-batch -> loss -> backward (gradients accumulate over the
+micro-batches) -> clip -> one optimizer step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, get_scheduler
+
+from soft_tokens.data.prompts import PromptBuilder
+from soft_tokens.estimators.base import Estimator
+from soft_tokens.logprobs import rollout_log_probs
+from soft_tokens.models import ModelConfig
+from soft_tokens.representers.base import TokenRepresenter
+from soft_tokens.rollout import Rollout, RolloutConfig, RolloutEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a warm-up then cosine (or constant) schedule; PAPER.md defaults except the learning rate."""
+
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: str = "cosine"  # any name transformers.get_scheduler knows (cosine, constant_with_warmup, ...)
+    warmup_steps: int = 20
+    max_grad_norm: float = 1.0
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many consecutive optimisation steps with a non-finite loss or gradient."""
+
+
+class SoftTokensModule(L.LightningModule):
+    """Policy + optional reference model, with interchangeable representer, estimator and reward."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        representer: TokenRepresenter,
+        estimator: Estimator,
+        reward: Any,
+        prompt: PromptBuilder,
+        rollout: RolloutConfig,
+        optim: OptimConfig,
+        samples_per_prompt: int = 8,
+        rollout_micro_batch: int | None = None,
+        logprob_chunk_size: int = 1024,
+        max_bad_steps: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model_cfg = model
+        self.representer = representer
+        self.estimator = estimator
+        self.reward = reward
+        self.prompt = prompt
+        self.rollout_cfg = rollout
+        self.optim_cfg = optim
+        self.G = int(samples_per_prompt)
+        self.rollout_micro_batch = rollout_micro_batch
+        self.logprob_chunk_size = logprob_chunk_size
+        self.max_bad_steps = max_bad_steps
+        self.seed = seed
+        self.tokenizer = model.load_tokenizer()
+        self.engine = RolloutEngine(self.tokenizer, rollout)
+        if estimator.max_length is None:
+            estimator.max_length = rollout.max_cot_tokens + rollout.answer_max_tokens
+        self.policy: PreTrainedModel | None = None
+        self._ref: list[PreTrainedModel] = []  # a list keeps the frozen reference out of state_dict and optimizer
+        self.bad_steps = 0
+        self.generator: torch.Generator | None = None
+        self.save_hyperparameters(ignore=["representer", "estimator", "reward", "prompt"], logger=False)
+
+    # ----- models -----
+    def configure_model(self) -> None:
+        """Load the policy (and the frozen reference when the estimator needs one); Lightning calls this."""
+        if self.policy is not None:
+            return
+        self.policy = self.model_cfg.load_model()
+        if self.estimator.needs_reference:
+            self._ref = [self.model_cfg.load_model().eval().requires_grad_(False)]
+
+    @property
+    def ref_model(self) -> PreTrainedModel | None:
+        """The frozen reference model, on the policy's device; None unless the estimator needs it."""
+        if not self._ref:
+            return None
+        if self._ref[0].device != self.device:
+            self._ref[0].to(self.device)
+        return self._ref[0]
+
+    def format_prompt(self, question: str) -> str:
+        return self.prompt(question, self.tokenizer)
+
+    def rollout_generator(self) -> torch.Generator:
+        """The rollout sampling stream: seeded from (seed, rank), on the policy's device."""
+        if self.generator is None or self.generator.device != self.device:
+            self.generator = torch.Generator(device=self.device)
+            self.generator.manual_seed(self.seed * 1_000_003 + self.global_rank)
+        return self.generator
+
+    # ----- training -----
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000
+        sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @torch.no_grad()
+    def generate_rollouts(self, questions: list[str], answers: list[str]) -> list[tuple[Rollout, Tensor, Tensor]]:
+        """Rollouts, rewards [b, G] and advantages [b*G] per micro-batch of whole prompt groups."""
+        micro = self.rollout_micro_batch or len(questions)
+        out = []
+        for i in range(0, len(questions), micro):
+            qs, golds = questions[i : i + micro], answers[i : i + micro]
+            prompts = [self.format_prompt(q) for q in qs for _ in range(self.G)]
+            ro = self.engine.generate(self.policy, prompts, self.representer, generator=self.rollout_generator())
+            rewards = self.reward(ro.completions, [a for a in golds for _ in range(self.G)]).to(self.device)
+            rewards = rewards.view(-1, self.G)
+            out.append((ro, rewards, self.estimator.advantages(rewards).view(-1)))
+        return out
+
+    def training_step(self, batch: dict[str, list], batch_idx: int) -> None:
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        self.policy.eval()
+        groups = self.generate_rollouts(batch["question"], batch["answer"])
+        self.policy.train()
+        n_micro = len(groups)
+        num_tokens = self._global_tokens(groups)
+        old_logp: list[Tensor | None] = [None] * n_micro
+        for it in range(self.estimator.num_iterations):
+            losses, metrics = [], []
+            for k, (ro, _, adv) in enumerate(groups):
+                lp = rollout_log_probs(
+                    self.policy,
+                    ro,
+                    self.representer,
+                    answer_temperature=self.rollout_cfg.answer_temperature,
+                    chunk_size=self.logprob_chunk_size,
+                    ref_model=self.ref_model,
+                )
+                if it == 0 and self.estimator.num_iterations > 1:
+                    old_logp[k] = lp.logp.detach()  # the pre-update policy: no optimizer step has run yet
+                loss, m = self.estimator.loss(lp.logp, adv, lp.mask, old_logp[k], lp.kl, num_tokens)
+                self.manual_backward(loss / (1 if self.estimator.loss_type == "dapo" else n_micro))
+                losses.append(loss.detach())
+                metrics.append(m)
+            self._optimizer_step(opt, sched, torch.stack(losses).mean())
+        self._log_step(groups, metrics, torch.stack(losses).mean())
+
+    def _global_tokens(self, groups: list[tuple[Rollout, Tensor, Tensor]]) -> Tensor:
+        """Log-prob-carrying steps of the whole optimisation step, over micro-batches and ranks (for dapo)."""
+        n = torch.tensor(float(sum(int(ro.gen_mask.sum()) for ro, _, _ in groups)), device=self.device)
+        n = self.trainer.strategy.reduce(n, reduce_op="sum") if self.trainer.world_size > 1 else n
+        # DDP averages gradients over ranks, so each rank's share of the global normaliser is n / world.
+        return (n / self.trainer.world_size).clamp(min=1)
+
+    def _optimizer_step(self, opt, sched, loss: Tensor) -> None:
+        """Clip and step, or skip the step when the loss or the gradient is not finite."""
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.max_grad_norm) if params else loss.new_zeros(())
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+        if self.trainer.world_size > 1:
+            finite = bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+        if finite:
+            opt.step()
+            sched.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            log.warning(
+                "step %d: non-finite loss (%s) or grad norm (%s); update skipped (%d in a row)",
+                self.global_step, float(loss), float(grad_norm), self.bad_steps,
+            )
+            self.log("train/skipped_steps", float(self.bad_steps), on_step=True)
+            if self.bad_steps >= self.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"{self.bad_steps} optimisation steps in a row had a non-finite loss or gradient (last at step "
+                    f"{self.global_step}); stopping. Lower optim.lr, check the reward, or raise max_bad_steps. "
+                    "The last checkpoint in the run folder is intact: resume with ckpt_path=..."
+                )
+        opt.zero_grad(set_to_none=True)
+        self.log("train/grad_norm", float(grad_norm) if math.isfinite(float(grad_norm)) else -1.0, on_step=True)
+
+    def _log_step(self, groups: list[tuple[Rollout, Tensor, Tensor]], metrics: list[dict], loss: Tensor) -> None:
+        rewards = torch.cat([r for _, r, _ in groups])
+        advs = torch.cat([a for _, _, a in groups])
+        ros = [ro for ro, _, _ in groups]
+        cot_len = torch.cat([ro.cot_lengths for ro in ros]).float()
+        gen_len = torch.cat([ro.attention_mask[:, ro.prompt_len :].sum(1) for ro in ros]).float()
+        entropy = sum(float((ro.entropy * ro.cot_mask).sum()) for ro in ros) / max(1.0, float(cot_len.sum()))
+        seconds = sum(ro.seconds for ro in ros)
+        values = {
+            "train/reward": rewards.mean(),
+            "train/reward_std": rewards.std(-1).mean() if self.G > 1 else rewards.new_zeros(()),
+            "train/frac_reward_zero_std": (rewards.std(-1) == 0).float().mean(),
+            "train/accuracy": (rewards >= self.reward.correct).float().mean(),
+            "train/completions/mean_length": gen_len.mean(),
+            "train/completions/mean_cot_length": cot_len.mean(),
+            "train/completions/clipped_ratio": torch.cat([ro.clipped for ro in ros]).float().mean(),
+            "train/entropy": entropy,
+            "train/loss": loss,
+            "train/lr": self.lr_schedulers().get_last_lr()[0],
+            "train/rollout_tokens_per_s": sum(ro.num_tokens for ro in ros) / max(seconds, 1e-9),
+            "train/advantages_std": advs.std() if advs.numel() > 1 else advs.new_zeros(()),
+        }
+        for key in metrics[0]:
+            if key != "advantages_std":
+                values[f"train/{key}"] = torch.stack([m[key] for m in metrics]).mean()
+        values = {k: (v.float().to(self.device) if isinstance(v, Tensor) else torch.tensor(float(v), device=self.device)) for k, v in values.items()}
+        self.log_dict(values, on_step=True, sync_dist=self.trainer.world_size > 1)
+        self.log("reward", values["train/reward"], prog_bar=True, logger=False)
+
+    # ----- export -----
+    def save_policy(self, path: str) -> None:
+        """Write the policy and tokenizer with save_pretrained (safetensors), loadable by plain transformers."""
+        self.policy.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)

@@ -1,0 +1,83 @@
+"""The token-representer contract: how a CoT step turns the last logits into the next input."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Step:
+    """One CoT step for N rows: the input embedding fed next and its token id (sample or argmax shadow)."""
+
+    embeds: Tensor  # [N, d]
+    ids: Tensor  # [N]
+    logp: Tensor  # [N] log-probability of the fed input under the representer (float32)
+
+
+class TokenRepresenter:
+    """Base class: a CoT token representation, run greedy (evaluation) or sampled (training).
+
+    Subclasses implement `step` (decode time, no gradient) and `log_prob` (teacher-forced, differentiable).
+    `continuous` says whether the fed input differs from the embedding of the returned id, in which case the
+    rollout must store the fed embeddings to replay them.
+    """
+
+    continuous: bool = False
+
+    def __init__(self, temperature: float = 1.0, greedy: bool = False, name: str | None = None) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.greedy = bool(greedy)
+        self.name = name or type(self).__name__.removesuffix("Representer").lower()
+
+    def as_greedy(self) -> TokenRepresenter:
+        """A copy of this representer that decodes greedily (hard: argmax; soft/fuzzy: no noise)."""
+        out = copy.copy(self)
+        out.greedy = True
+        return out
+
+    def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
+        """Next input for each row from its last logits [N, V] and the input embedding matrix [V, d]."""
+        raise NotImplementedError
+
+    def log_prob(self, logits: Tensor, fed: Tensor | None, ids: Tensor, embedding: Tensor) -> Tensor:
+        """Log-probability [...] of what was fed (ids [...], fed embeds [..., d]) under logits [..., V]."""
+        raise NotImplementedError
+
+    def kl(
+        self,
+        logits: Tensor,
+        ref_logits: Tensor,
+        fed: Tensor | None,
+        ids: Tensor,
+        embedding: Tensor,
+        ref_embedding: Tensor,
+    ) -> Tensor:
+        """Per-step KL(policy || reference) estimate [...] at the fed inputs; used when beta > 0."""
+        raise NotImplementedError
+
+    def entropy(self, logits: Tensor) -> Tensor:
+        """Entropy [...] of the model's next-token distribution at temperature 1 (a CoT diagnostic)."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return -(logp.exp() * logp).sum(-1)
+
+    def __repr__(self) -> str:
+        mode = "greedy" if self.greedy else "sample"
+        return f"{type(self).__name__}(name={self.name!r}, temperature={self.temperature}, {mode})"
+
+
+def categorical_log_prob(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Tensor:
+    """log softmax(logits / temperature)[ids], computed in float32."""
+    logits = logits.float() / temperature
+    return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) at a sample from pi: exp(r) - r - 1 with r = ref - pi."""
+    r = ref_logp - logp
+    return torch.exp(r) - r - 1

@@ -1,0 +1,38 @@
+"""Hard tokens: the CoT is ordinary sampled (or argmax) tokens."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from soft_tokens.representers.base import Step, TokenRepresenter, categorical_log_prob, k3_kl
+
+
+class HardRepresenter(TokenRepresenter):
+    """Feeds E[y] with y ~ softmax(logits / temperature), or y = argmax(logits) when greedy."""
+
+    continuous = False
+
+    def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
+        if self.greedy:
+            ids = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+            ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        logp = categorical_log_prob(logits, ids, self.temperature)
+        return Step(embeds=embedding[ids], ids=ids, logp=logp)
+
+    def log_prob(self, logits: Tensor, fed: Tensor | None, ids: Tensor, embedding: Tensor) -> Tensor:
+        return categorical_log_prob(logits, ids, self.temperature)
+
+    def kl(
+        self,
+        logits: Tensor,
+        ref_logits: Tensor,
+        fed: Tensor | None,
+        ids: Tensor,
+        embedding: Tensor,
+        ref_embedding: Tensor,
+    ) -> Tensor:
+        logp = categorical_log_prob(logits, ids, self.temperature)
+        return k3_kl(logp, categorical_log_prob(ref_logits, ids, self.temperature).detach())

@@ -1,0 +1,301 @@
+"""Batched, KV-cached generation of a chain of thought and an answer (PAPER.md, "Generation protocol").
+
+Every row runs its own little state machine, all rows advancing one position per forward pass:
+
+    CoT (the representer picks each input) -> forced prefix (hard tokens) -> answer (hard tokens) -> done
+
+so each row's sequence is contiguous, `[left padding; prompt; CoT; prefix; answer; right padding]`, and the
+teacher-forced pass can replay it with the same attention mask and position ids. The CoT ends when the
+(shadow) text ends with the stop string, forcing " \\boxed{", or at `max_cot_tokens`, forcing
+" The final answer is: \\boxed{". The answer ends at the brace closing the box, at EOS, or after
+`answer_max_tokens`. Rows that are done are dropped from the batch (and from the KV cache) once they make
+up a large enough share of it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob
+
+COT, PREFIX, ANSWER, DONE = 0, 1, 2, 3
+
+
+@dataclass
+class RolloutConfig:
+    """Lengths, stop string and forced prefixes of the generation protocol."""
+
+    max_cot_tokens: int = 128
+    answer_max_tokens: int = 32
+    answer_temperature: float = 1.0
+    stop_string: str = "The final answer is:"
+    early_stop_prefix: str = " \\boxed{"
+    limit_prefix: str = " The final answer is: \\boxed{"
+    compact_fraction: float = 0.25  # drop done rows once they are this share of the running batch
+
+
+@dataclass
+class Rollout:
+    """Everything a rollout fed to the model; generated positions are columns P..P+S-1 of `ids`."""
+
+    ids: Tensor  # [N, P+S] prompt (left-padded), CoT ids (sample or shadow), prefix, answer, pad
+    attention_mask: Tensor  # [N, P+S]
+    position_ids: Tensor  # [N, P+S]
+    prompt_len: int  # P
+    cot_mask: Tensor  # [N, S] bool: CoT steps (log-prob from the representer)
+    answer_mask: Tensor  # [N, S] bool: sampled answer tokens (categorical log-prob)
+    fed: Tensor | None  # [N, S, d] fed CoT inputs for continuous representers, else None
+    logp: Tensor  # [N, S] decode-time log-prob of CoT and answer steps (0 elsewhere)
+    entropy: Tensor  # [N, S] entropy of the next-token distribution at CoT steps (0 elsewhere)
+    cot_lengths: Tensor  # [N]
+    answer_lengths: Tensor  # [N]
+    clipped: Tensor  # [N] bool: the CoT hit max_cot_tokens
+    cot_texts: list[str] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)  # prefix + answer text: what the reward reads
+    seconds: float = 0.0
+
+    @property
+    def gen_mask(self) -> Tensor:
+        """[N, S] bool: positions that carry a log-probability (CoT or answer)."""
+        return self.cot_mask | self.answer_mask
+
+    @property
+    def num_tokens(self) -> int:
+        """Generated positions actually fed (CoT, prefix and answer) over all rows."""
+        return int(self.attention_mask[:, self.prompt_len :].sum())
+
+    def to(self, device: torch.device | str) -> Rollout:
+        """A copy with every tensor on `device`."""
+        moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        return Rollout(**moved)
+
+
+class TokenTables:
+    """Per-vocabulary lookup tables used while decoding: brace counts and stop-string candidates."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, cfg: RolloutConfig) -> None:
+        texts = [tokenizer.decode([i]) if i < len(tokenizer) else "" for i in range(vocab_size)]
+        self.opens = torch.tensor([t.count("{") for t in texts])
+        self.closes = torch.tensor([t.count("}") for t in texts])
+        last = cfg.stop_string.rstrip()[-1]
+        # A token can complete the stop string only if its text (right-stripped) ends with its last char.
+        self.may_stop = torch.tensor([t.rstrip().endswith(last) for t in texts])
+        self.stop_window = len(tokenizer.encode(cfg.stop_string, add_special_tokens=False)) + 4
+        self.early_prefix = tokenizer.encode(cfg.early_stop_prefix, add_special_tokens=False)
+        self.limit_prefix = tokenizer.encode(cfg.limit_prefix, add_special_tokens=False)
+
+    def to(self, device: torch.device) -> TokenTables:
+        for name in ("opens", "closes", "may_stop"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Left-padded prompt ids and attention mask."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+class RolloutEngine:
+    """Generates rollouts for one policy and tokenizer; the representer decides each CoT input."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, cfg: RolloutConfig | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.cfg = cfg or RolloutConfig()
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set one (e.g. pad_token = eos_token)")
+        self._tables: dict[tuple, TokenTables] = {}
+
+    def tables(self, vocab_size: int, device: torch.device) -> TokenTables:
+        key = (vocab_size, str(device))
+        if key not in self._tables:
+            self._tables[key] = TokenTables(self.tokenizer, vocab_size, self.cfg).to(device)
+        return self._tables[key]
+
+    def _stops(self, rows: Tensor, ids_buf: Tensor, cot_len: Tensor, t: int, w: int) -> Tensor:
+        """Which `rows` have a CoT whose last `w` tokens decode to text ending with the stop string."""
+        out = torch.zeros(len(rows), dtype=torch.bool)
+        tails = ids_buf[rows, max(0, t + 1 - w) : t + 1].tolist()
+        for k, (row, tail) in enumerate(zip(rows.tolist(), tails)):
+            tail = tail[-int(min(w, cot_len[row])) :]
+            out[k] = self.tokenizer.decode(tail).rstrip().endswith(self.cfg.stop_string)
+        return out.to(rows.device)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        model: PreTrainedModel,
+        prompts: list[str],
+        representer: TokenRepresenter,
+        answer_greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Rollout:
+        """Roll out one CoT and answer per prompt (repeat prompts for G samples each)."""
+        start = time.perf_counter()
+        cfg = self.cfg
+        device = model.device
+        embed = model.get_input_embeddings()
+        E = embed.weight
+        vocab = E.shape[0]
+        tab = self.tables(vocab, device)
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
+        N, P = prompt_ids.shape
+        S = cfg.max_cot_tokens + max(len(tab.early_prefix), len(tab.limit_prefix)) + cfg.answer_max_tokens
+        ids = torch.full((N, S), pad, dtype=torch.long, device=device)
+        gen_attn = torch.zeros((N, S), dtype=torch.long, device=device)
+        cot_mask = torch.zeros((N, S), dtype=torch.bool, device=device)
+        answer_mask = torch.zeros((N, S), dtype=torch.bool, device=device)
+        logp = torch.zeros((N, S), device=device)
+        entropy = torch.zeros((N, S), device=device)
+        fed = torch.zeros((N, S, E.shape[1]), dtype=E.dtype, device=device) if representer.continuous else None
+
+        state = torch.full((N,), COT, device=device)
+        cot_len = torch.zeros(N, dtype=torch.long, device=device)
+        ans_len = torch.zeros(N, dtype=torch.long, device=device)
+        depth = torch.zeros(N, dtype=torch.long, device=device)
+        clipped = torch.zeros(N, dtype=torch.bool, device=device)
+        prefix_pos = torch.zeros(N, dtype=torch.long, device=device)
+        prefixes = [tab.early_prefix, tab.limit_prefix]
+        prefix_table = torch.full((2, max(map(len, prefixes))), pad, dtype=torch.long, device=device)
+        for k, p in enumerate(prefixes):
+            prefix_table[k, : len(p)] = torch.tensor(p, device=device)
+        prefix_len = torch.tensor([len(p) for p in prefixes], device=device)
+        prefix_kind = torch.zeros(N, dtype=torch.long, device=device)
+        prompt_pos = prompt_mask.sum(1)  # position id of the first generated token, per row
+
+        cache = DynamicCache(config=model.config)
+        active = torch.arange(N, device=device)  # rows of the full batch that are in the running batch
+        position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)
+        out = model(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1]
+        attn = prompt_mask  # running batch's attention mask over the cache
+        for t in range(S):
+            st = state[active]
+            next_ids = torch.full((len(active),), pad, dtype=torch.long, device=device)
+            next_emb = torch.empty((len(active), E.shape[1]), dtype=E.dtype, device=device)
+
+            in_cot = (st == COT).nonzero().squeeze(-1)
+            if len(in_cot):
+                rows = active[in_cot]
+                step = representer.step(logits[in_cot], E, generator)
+                next_ids[in_cot] = step.ids
+                next_emb[in_cot] = step.embeds.to(E.dtype)
+                logp[rows, t] = step.logp.float()
+                entropy[rows, t] = representer.entropy(logits[in_cot])
+                cot_mask[rows, t] = True
+                if fed is not None:
+                    fed[rows, t] = step.embeds.to(E.dtype)
+            in_prefix = (st == PREFIX).nonzero().squeeze(-1)
+            if len(in_prefix):
+                rows = active[in_prefix]
+                next_ids[in_prefix] = prefix_table[prefix_kind[rows], prefix_pos[rows]]
+            in_answer = (st == ANSWER).nonzero().squeeze(-1)
+            if len(in_answer):
+                rows = active[in_answer]
+                lg = logits[in_answer]
+                if answer_greedy:
+                    tok = lg.argmax(-1)
+                else:
+                    probs = torch.softmax(lg.float() / cfg.answer_temperature, dim=-1)
+                    tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                next_ids[in_answer] = tok
+                logp[rows, t] = categorical_log_prob(lg, tok, cfg.answer_temperature)
+                answer_mask[rows, t] = True
+            hard = (st != COT).nonzero().squeeze(-1)
+            next_emb[hard] = embed(next_ids[hard])
+            live = st != DONE
+            ids[active, t] = next_ids
+            gen_attn[active, t] = live.long()
+
+            # Transitions. CoT: stop string on the (shadow) text, EOS, or the length limit.
+            if len(in_cot):
+                rows = active[in_cot]
+                cot_len[rows] += 1
+                tok = next_ids[in_cot]
+                stop = torch.zeros(len(rows), dtype=torch.bool, device=device)
+                cand = tab.may_stop[tok].nonzero().squeeze(-1)
+                if len(cand):
+                    stop[cand] = self._stops(rows[cand], ids, cot_len, t, tab.stop_window)
+                limit = ~stop & ((cot_len[rows] >= cfg.max_cot_tokens) | (tok == eos))
+                clipped[rows] = limit & (cot_len[rows] >= cfg.max_cot_tokens)
+                ended = stop | limit
+                state[rows[ended]] = PREFIX
+                prefix_kind[rows] = limit.long()
+            if len(in_prefix):
+                rows = active[in_prefix]
+                prefix_pos[rows] += 1
+                state[rows[prefix_pos[rows] >= prefix_len[prefix_kind[rows]]]] = ANSWER
+            if len(in_answer):
+                rows = active[in_answer]
+                tok = next_ids[in_answer]
+                ans_len[rows] += 1
+                depth[rows] += tab.opens[tok] - tab.closes[tok]
+                # The forced prefix opened the box: the answer ends at the first brace that closes it.
+                done = (depth[rows] < 0) | (tok == eos) | (ans_len[rows] >= cfg.answer_max_tokens)
+                state[rows[done]] = DONE
+
+            if bool((state == DONE).all()):
+                break
+            attn = torch.cat([attn, live.long().unsqueeze(1)], dim=1)
+            pos = (prompt_pos[active] + t).unsqueeze(1)
+            out = model(
+                inputs_embeds=next_emb.unsqueeze(1),
+                attention_mask=attn,
+                position_ids=pos,
+                cache=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1]
+            # Drop rows that are done from the running batch (and its KV cache) when enough of them are.
+            keep = state[active] != DONE
+            if (~keep).float().mean() >= cfg.compact_fraction:
+                idx = keep.nonzero().squeeze(-1)
+                cache.batch_select_indices(idx)
+                active, attn, logits = active[idx], attn[idx], logits[idx]
+
+        S_used = int(gen_attn.sum(0).nonzero().max()) + 1 if bool(gen_attn.any()) else 0
+        ids_all = torch.cat([prompt_ids, ids[:, :S_used]], dim=1)
+        attn_all = torch.cat([prompt_mask, gen_attn[:, :S_used]], dim=1)
+        gen_pos = prompt_pos.unsqueeze(1) + torch.arange(S_used, device=device)
+        pos_all = torch.cat([position_ids, gen_pos], dim=1)
+        cot_texts, completions = self._decode(ids[:, :S_used], cot_mask[:, :S_used], gen_attn[:, :S_used])
+        return Rollout(
+            ids=ids_all,
+            attention_mask=attn_all,
+            position_ids=pos_all,
+            prompt_len=P,
+            cot_mask=cot_mask[:, :S_used],
+            answer_mask=answer_mask[:, :S_used],
+            fed=fed[:, :S_used] if fed is not None else None,
+            logp=logp[:, :S_used],
+            entropy=entropy[:, :S_used],
+            cot_lengths=cot_len,
+            answer_lengths=ans_len,
+            clipped=clipped,
+            cot_texts=cot_texts,
+            completions=completions,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _decode(self, ids: Tensor, cot_mask: Tensor, attn: Tensor) -> tuple[list[str], list[str]]:
+        """CoT text (shadow tokens for continuous CoTs) and the prefix + answer text of each row."""
+        cot, rest = [], []
+        for row_ids, row_cot, row_attn in zip(ids.tolist(), cot_mask.tolist(), attn.tolist()):
+            cot.append(self.tokenizer.decode([i for i, c in zip(row_ids, row_cot) if c]))
+            tail = [i for i, c, a in zip(row_ids, row_cot, row_attn) if a and not c]
+            rest.append(self.tokenizer.decode(tail, skip_special_tokens=True))
+        return cot, rest

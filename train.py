@@ -1,0 +1,45 @@
+"""Train a policy by RL on its own rollouts: `python train.py representer=soft estimator=rloo`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from soft_tokens.builders import build_callbacks, build_loggers, build_module
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build data, module, callbacks, loggers and trainer from the config, fit, export; return final metrics."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = build_module(cfg)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if cfg.export_policy and trainer.is_global_zero:
+        module.save_policy(str(out_dir / "policy"))
+        log.info("final policy written to %s", out_dir / "policy")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("run folder: %s", out_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
