@@ -41,6 +41,16 @@ class OptimConfig:
     max_grad_norm: float = 1.0
 
 
+@dataclass
+class Group:
+    """One micro-batch of whole prompt groups: the rollout and its rewards, correctness and advantages."""
+
+    rollout: Rollout
+    rewards: Tensor  # [b, G]
+    correct: Tensor  # [b, G] bool
+    advantages: Tensor  # [b * G]
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive optimisation steps with a non-finite loss or gradient."""
 
@@ -82,7 +92,9 @@ class SoftTokensModule(L.LightningModule):
         if estimator.max_length is None:
             estimator.max_length = rollout.max_cot_tokens + rollout.answer_max_tokens
         self.policy: PreTrainedModel | None = None
-        self._ref: list[PreTrainedModel] = []  # a list keeps the frozen reference out of state_dict and optimizer
+        self._ref: list[
+            PreTrainedModel
+        ] = []  # a list keeps the frozen reference out of state_dict and optimizer
         self.bad_steps = 0
         self.generator: torch.Generator | None = None
         self.save_hyperparameters(ignore=["representer", "estimator", "reward", "prompt"], logger=False)
@@ -92,7 +104,7 @@ class SoftTokensModule(L.LightningModule):
         """Load the policy (and the frozen reference when the estimator needs one); Lightning calls this."""
         if self.policy is not None:
             return
-        self.policy = self.model_cfg.load_model()
+        self.policy = self.model_cfg.load_model().train()
         if self.estimator.needs_reference:
             self._ref = [self.model_cfg.load_model().eval().requires_grad_(False)]
 
@@ -119,23 +131,30 @@ class SoftTokensModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.optim_cfg
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000
         sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @torch.no_grad()
-    def generate_rollouts(self, questions: list[str], answers: list[str]) -> list[tuple[Rollout, Tensor, Tensor]]:
-        """Rollouts, rewards [b, G] and advantages [b*G] per micro-batch of whole prompt groups."""
+    def generate_rollouts(self, questions: list[str], answers: list[str]) -> list[Group]:
+        """Rollouts, rewards and advantages per micro-batch of whole prompt groups."""
         micro = self.rollout_micro_batch or len(questions)
         out = []
         for i in range(0, len(questions), micro):
             qs, golds = questions[i : i + micro], answers[i : i + micro]
             prompts = [self.format_prompt(q) for q in qs for _ in range(self.G)]
-            ro = self.engine.generate(self.policy, prompts, self.representer, generator=self.rollout_generator())
-            rewards = self.reward(ro.completions, [a for a in golds for _ in range(self.G)]).to(self.device)
-            rewards = rewards.view(-1, self.G)
-            out.append((ro, rewards, self.estimator.advantages(rewards).view(-1)))
+            ro = self.engine.generate(
+                self.policy, prompts, self.representer, generator=self.rollout_generator()
+            )
+            rewards, correct = self.reward.score_batch(
+                ro.completions, [a for a in golds for _ in range(self.G)]
+            )
+            rewards = rewards.to(self.device).view(-1, self.G)
+            adv = self.estimator.advantages(rewards).view(-1)
+            out.append(Group(ro, rewards, correct.to(self.device).view(-1, self.G), adv))
         return out
 
     def training_step(self, batch: dict[str, list], batch_idx: int) -> None:
@@ -149,10 +168,10 @@ class SoftTokensModule(L.LightningModule):
         old_logp: list[Tensor | None] = [None] * n_micro
         for it in range(self.estimator.num_iterations):
             losses, metrics = [], []
-            for k, (ro, _, adv) in enumerate(groups):
+            for k, grp in enumerate(groups):
                 lp = rollout_log_probs(
                     self.policy,
-                    ro,
+                    grp.rollout,
                     self.representer,
                     answer_temperature=self.rollout_cfg.answer_temperature,
                     chunk_size=self.logprob_chunk_size,
@@ -160,16 +179,18 @@ class SoftTokensModule(L.LightningModule):
                 )
                 if it == 0 and self.estimator.num_iterations > 1:
                     old_logp[k] = lp.logp.detach()  # the pre-update policy: no optimizer step has run yet
-                loss, m = self.estimator.loss(lp.logp, adv, lp.mask, old_logp[k], lp.kl, num_tokens)
+                loss, m = self.estimator.loss(
+                    lp.logp, grp.advantages, lp.mask, old_logp[k], lp.kl, num_tokens
+                )
                 self.manual_backward(loss / (1 if self.estimator.loss_type == "dapo" else n_micro))
                 losses.append(loss.detach())
                 metrics.append(m)
             self._optimizer_step(opt, sched, torch.stack(losses).mean())
         self._log_step(groups, metrics, torch.stack(losses).mean())
 
-    def _global_tokens(self, groups: list[tuple[Rollout, Tensor, Tensor]]) -> Tensor:
+    def _global_tokens(self, groups: list[Group]) -> Tensor:
         """Log-prob-carrying steps of the whole optimisation step, over micro-batches and ranks (for dapo)."""
-        n = torch.tensor(float(sum(int(ro.gen_mask.sum()) for ro, _, _ in groups)), device=self.device)
+        n = torch.tensor(float(sum(int(g.rollout.gen_mask.sum()) for g in groups)), device=self.device)
         n = self.trainer.strategy.reduce(n, reduce_op="sum") if self.trainer.world_size > 1 else n
         # DDP averages gradients over ranks, so each rank's share of the global normaliser is n / world.
         return (n / self.trainer.world_size).clamp(min=1)
@@ -177,7 +198,11 @@ class SoftTokensModule(L.LightningModule):
     def _optimizer_step(self, opt, sched, loss: Tensor) -> None:
         """Clip and step, or skip the step when the loss or the gradient is not finite."""
         params = [p for p in self.policy.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.max_grad_norm) if params else loss.new_zeros(())
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.max_grad_norm)
+            if params
+            else loss.new_zeros(())
+        )
         finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
         if self.trainer.world_size > 1:
             finite = bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
@@ -189,7 +214,10 @@ class SoftTokensModule(L.LightningModule):
             self.bad_steps += 1
             log.warning(
                 "step %d: non-finite loss (%s) or grad norm (%s); update skipped (%d in a row)",
-                self.global_step, float(loss), float(grad_norm), self.bad_steps,
+                self.global_step,
+                float(loss),
+                float(grad_norm),
+                self.bad_steps,
             )
             self.log("train/skipped_steps", float(self.bad_steps), on_step=True)
             if self.bad_steps >= self.max_bad_steps:
@@ -199,12 +227,14 @@ class SoftTokensModule(L.LightningModule):
                     "The last checkpoint in the run folder is intact: resume with ckpt_path=..."
                 )
         opt.zero_grad(set_to_none=True)
-        self.log("train/grad_norm", float(grad_norm) if math.isfinite(float(grad_norm)) else -1.0, on_step=True)
+        self.log(
+            "train/grad_norm", float(grad_norm) if math.isfinite(float(grad_norm)) else -1.0, on_step=True
+        )
 
-    def _log_step(self, groups: list[tuple[Rollout, Tensor, Tensor]], metrics: list[dict], loss: Tensor) -> None:
-        rewards = torch.cat([r for _, r, _ in groups])
-        advs = torch.cat([a for _, _, a in groups])
-        ros = [ro for ro, _, _ in groups]
+    def _log_step(self, groups: list[Group], metrics: list[dict], loss: Tensor) -> None:
+        rewards = torch.cat([g.rewards for g in groups])
+        advs = torch.cat([g.advantages for g in groups])
+        ros = [g.rollout for g in groups]
         cot_len = torch.cat([ro.cot_lengths for ro in ros]).float()
         gen_len = torch.cat([ro.attention_mask[:, ro.prompt_len :].sum(1) for ro in ros]).float()
         entropy = sum(float((ro.entropy * ro.cot_mask).sum()) for ro in ros) / max(1.0, float(cot_len.sum()))
@@ -213,7 +243,7 @@ class SoftTokensModule(L.LightningModule):
             "train/reward": rewards.mean(),
             "train/reward_std": rewards.std(-1).mean() if self.G > 1 else rewards.new_zeros(()),
             "train/frac_reward_zero_std": (rewards.std(-1) == 0).float().mean(),
-            "train/accuracy": (rewards >= self.reward.correct).float().mean(),
+            "train/accuracy": torch.cat([g.correct for g in groups]).float().mean(),
             "train/completions/mean_length": gen_len.mean(),
             "train/completions/mean_cot_length": cot_len.mean(),
             "train/completions/clipped_ratio": torch.cat([ro.clipped for ro in ros]).float().mean(),
@@ -226,7 +256,14 @@ class SoftTokensModule(L.LightningModule):
         for key in metrics[0]:
             if key != "advantages_std":
                 values[f"train/{key}"] = torch.stack([m[key] for m in metrics]).mean()
-        values = {k: (v.float().to(self.device) if isinstance(v, Tensor) else torch.tensor(float(v), device=self.device)) for k, v in values.items()}
+        values = {
+            k: (
+                v.float().to(self.device)
+                if isinstance(v, Tensor)
+                else torch.tensor(float(v), device=self.device)
+            )
+            for k, v in values.items()
+        }
         self.log_dict(values, on_step=True, sync_dist=self.trainer.world_size > 1)
         self.log("reward", values["train/reward"], prog_bar=True, logger=False)
 
