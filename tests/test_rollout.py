@@ -48,7 +48,9 @@ def test_cached_decode_matches_full_recompute(tiny_model, tiny_tokenizer):
     # Full recompute: one forward over the whole sequence, no cache; its log-probs at the fed tokens must
     # equal those the cached decode loop computed step by step.
     with torch.no_grad():
-        logits = tiny_model(input_ids=ro.ids, attention_mask=ro.attention_mask, position_ids=ro.position_ids).logits
+        logits = tiny_model(
+            input_ids=ro.ids, attention_mask=ro.attention_mask, position_ids=ro.position_ids
+        ).logits
     P = ro.prompt_len
     lp = torch.log_softmax(logits[:, P - 1 : -1], -1).gather(-1, ro.ids[:, P:, None]).squeeze(-1)
     mask = ro.gen_mask
@@ -62,7 +64,12 @@ def test_hard_greedy_equals_generate(tiny_model, tiny_tokenizer):
     ro = engine.generate(tiny_model, PROMPTS, HardRepresenter(greedy=True), answer_greedy=True)
     ids, mask = encode_prompts(tiny_tokenizer, PROMPTS, torch.device("cpu"))
     ref = tiny_model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=L, do_sample=False, eos_token_id=None, pad_token_id=0
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=L,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
     )
     P = ids.shape[1]
     got = ro.ids[:, P : P + L]
@@ -74,7 +81,9 @@ def test_hard_greedy_equals_generate(tiny_model, tiny_tokenizer):
 
 def test_early_stop_forces_box_and_answer_stops_at_brace(tiny_model, tiny_tokenizer):
     prompt = PROMPTS[0]
-    model = scripted(tiny_model, tiny_tokenizer, prompt, " 7 + 5 = 12. The final answer is: \\boxed{\\frac{1}{2}} more")
+    model = scripted(
+        tiny_model, tiny_tokenizer, prompt, " 7 + 5 = 12. The final answer is: \\boxed{\\frac{1}{2}} more"
+    )
     engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=40, answer_max_tokens=16))
     ro = engine.generate(model, [prompt], HardRepresenter(greedy=True), answer_greedy=True)
     assert ro.cot_texts[0] == " 7 + 5 = 12. The final answer is:"
@@ -86,7 +95,9 @@ def test_early_stop_forces_box_and_answer_stops_at_brace(tiny_model, tiny_tokeni
 
 def test_limit_forces_final_answer_prefix(tiny_model, tiny_tokenizer):
     prompt = PROMPTS[1]
-    model = scripted(tiny_model, tiny_tokenizer, prompt, " 1 + 2 + 3 + 4 + 5 The final answer is: \\boxed{15}")
+    model = scripted(
+        tiny_model, tiny_tokenizer, prompt, " 1 + 2 + 3 + 4 + 5 The final answer is: \\boxed{15}"
+    )
     engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=6, answer_max_tokens=16))
     ro = engine.generate(model, [prompt], HardRepresenter(greedy=True), answer_greedy=True)
     assert bool(ro.clipped[0]) and int(ro.cot_lengths[0]) == 6
@@ -140,8 +151,12 @@ def test_done_rows_are_dropped_without_changing_results(tiny_model, tiny_tokeniz
     prompts = PROMPTS * 2
     # The script makes the rows with the first prompt stop early, so they finish long before the others.
     tiny_model = scripted(tiny_model, tiny_tokenizer, PROMPTS[0], " 1. The final answer is: \\boxed{1}")
-    full = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=20, answer_max_tokens=4, compact_fraction=2.0))
-    comp = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=20, answer_max_tokens=4, compact_fraction=0.01))
+    full = RolloutEngine(
+        tiny_tokenizer, RolloutConfig(max_cot_tokens=20, answer_max_tokens=4, compact_fraction=2.0)
+    )
+    comp = RolloutEngine(
+        tiny_tokenizer, RolloutConfig(max_cot_tokens=20, answer_max_tokens=4, compact_fraction=0.01)
+    )
     rep = HardRepresenter(greedy=True)
     a = full.generate(tiny_model, prompts, rep, answer_greedy=True)
     b = comp.generate(tiny_model, prompts, rep, answer_greedy=True)

@@ -42,7 +42,9 @@ class Solutions:
 
     def entropy_profile(self) -> Tensor:
         """Mean CoT entropy by position [L] (nan where no row reached the position)."""
-        return self.entropy_sum / self.entropy_count.clamp(min=1) + torch.where(self.entropy_count > 0, 0.0, torch.nan)
+        return self.entropy_sum / self.entropy_count.clamp(min=1) + torch.where(
+            self.entropy_count > 0, 0.0, torch.nan
+        )
 
 
 def solve(

@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -15,8 +21,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ModelConfig:
     """Where the policy comes from and how to load it; safe by default (safetensors, no remote code).
 
-    `from_config_overrides` builds the architecture of `name_or_path` with random weights and the given
-    config fields changed (e.g. fewer layers): used by tests and benchmarks of real presets, offline.
+    `random_init` builds the architecture (config.json of `architecture`, default `name_or_path`) with
+    random weights and `config_overrides` applied (e.g. fewer layers): tests and benchmarks of the real
+    presets use it offline with the configs in assets/architectures/.
     """
 
     name_or_path: str
@@ -26,7 +33,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
-    from_config_overrides: dict[str, Any] | None = None
+    random_init: bool = False
+    architecture: str | None = None
+    config_overrides: dict[str, Any] = field(default_factory=dict)
     pad_token: str | None = None  # used when the tokenizer has none (defaults to the EOS token)
     extra: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained
 
@@ -39,7 +48,9 @@ class ModelConfig:
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer, left-padded, with a pad token."""
         tok = AutoTokenizer.from_pretrained(
-            self.tokenizer or self.name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
+            self.tokenizer or self.name_or_path,
+            revision=self.revision,
+            trust_remote_code=self.trust_remote_code,
         )
         tok.padding_side = "left"
         if tok.pad_token is None:
@@ -51,11 +62,13 @@ class ModelConfig:
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        if self.from_config_overrides is not None:
-            config = AutoConfig.from_pretrained(self.name_or_path, **kwargs)
-            for key, value in self.from_config_overrides.items():
+        if self.random_init:
+            config = AutoConfig.from_pretrained(self.architecture or self.name_or_path, **kwargs)
+            for key, value in self.config_overrides.items():
                 setattr(config, key, value)
-            model = AutoModelForCausalLM.from_config(config, dtype=self.torch_dtype, trust_remote_code=self.trust_remote_code)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=self.torch_dtype, trust_remote_code=self.trust_remote_code
+            )
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 self.name_or_path, dtype=self.torch_dtype, use_safetensors=True, **kwargs, **self.extra

@@ -95,7 +95,9 @@ class TokenTables:
         return self
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device
+) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids and attention mask."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -143,6 +145,7 @@ class RolloutEngine:
         E = embed.weight
         vocab = E.shape[0]
         tab = self.tables(vocab, device)
+        representer.prepare(E)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
 
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
@@ -154,7 +157,9 @@ class RolloutEngine:
         answer_mask = torch.zeros((N, S), dtype=torch.bool, device=device)
         logp = torch.zeros((N, S), device=device)
         entropy = torch.zeros((N, S), device=device)
-        fed = torch.zeros((N, S, E.shape[1]), dtype=E.dtype, device=device) if representer.continuous else None
+        fed = (
+            torch.zeros((N, S, E.shape[1]), dtype=E.dtype, device=device) if representer.continuous else None
+        )
 
         state = torch.full((N,), COT, device=device)
         cot_len = torch.zeros(N, dtype=torch.long, device=device)

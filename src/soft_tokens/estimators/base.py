@@ -7,7 +7,8 @@ An estimator turns rewards [B, G] (G samples of each of B prompts) into advantag
     ratio = exp(logp - old_logp),
 
 aggregated over steps and sequences by `loss_type`. With one optimisation pass per rollout (`old_logp` is
-the detached current log-prob), the ratio is exactly 1 and the gradient is REINFORCE's, -A * grad logp.
+`old_logp` is None), the ratio is exactly 1 and the gradient is REINFORCE's, -A * grad logp; the loss
+value is then the surrogate sum of -A over steps (TRL logs the same), not -A * logp.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ LOSS_TYPES = ("sequence_sum", "grpo", "bnpo", "dapo", "dr_grpo")
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of x over the True entries of mask (0 when there are none)."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    return torch.where(mask.bool(), x, 0.0).sum() / mask.sum().clamp(min=1).to(x.dtype)
 
 
-def aggregate(per_step: Tensor, mask: Tensor, loss_type: str, max_length: int | None = None, num_tokens: Tensor | float | None = None) -> Tensor:
+def aggregate(
+    per_step: Tensor,
+    mask: Tensor,
+    loss_type: str,
+    max_length: int | None = None,
+    num_tokens: Tensor | float | None = None,
+) -> Tensor:
     """Reduce a per-step loss [N, S] over valid steps to a scalar.
 
     - sequence_sum: sum over each sequence's steps, mean over sequences (PAPER.md's RLOO loss).
@@ -35,11 +41,12 @@ def aggregate(per_step: Tensor, mask: Tensor, loss_type: str, max_length: int | 
     - dr_grpo: sum over valid steps divided by N x max_length (a constant, Dr. GRPO).
     """
     m = mask.to(per_step.dtype)
-    total = (per_step * m).sum()
+    per_step = torch.where(mask.bool(), per_step, 0.0)  # padding may hold inf/nan: keep it out of the sum
+    total = per_step.sum()
     if loss_type == "sequence_sum":
         return total / per_step.shape[0]
     if loss_type == "grpo":
-        return ((per_step * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
+        return (per_step.sum(-1) / m.sum(-1).clamp(min=1)).mean()
     if loss_type == "bnpo":
         return total / m.sum().clamp(min=1)
     if loss_type == "dapo":
@@ -91,6 +98,8 @@ class Estimator:
         num_tokens: Tensor | float | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar loss and detached metrics from per-step log-probs [N, S], advantages [N] and mask [N, S]."""
+        # On-policy (old_logp None) the ratio is exp(0) = 1 exactly: the value is the surrogate -A per step
+        # (as TRL logs it), the gradient is REINFORCE's -A * grad logp, the paper's loss gradient.
         old = logp.detach() if old_logp is None else old_logp
         ratio = torch.exp(logp - old)
         adv = advantages.to(logp.dtype).unsqueeze(-1)
@@ -108,7 +117,9 @@ class Estimator:
                 "clip_ratio/low_mean": masked_mean(low.float(), mask),
                 "clip_ratio/high_mean": masked_mean(high.float(), mask),
                 "clip_ratio/region_mean": masked_mean((low | high).float(), mask),
-                "advantages_std": advantages.float().std() if advantages.numel() > 1 else advantages.new_zeros(()),
+                "advantages_std": advantages.float().std()
+                if advantages.numel() > 1
+                else advantages.new_zeros(()),
             }
             if kl is not None:
                 metrics["kl"] = masked_mean(kl.detach().float(), mask)

@@ -26,9 +26,13 @@ def grpo_advantages(rewards: Tensor, scale_rewards: str = "group", eps: float = 
 class GRPO(Estimator):
     """Group-relative advantages; std is the unbiased sample std (torch.std), as TRL computes it."""
 
-    def __init__(self, scale_rewards: str = "group", eps: float = 1e-4, loss_type: str = "dapo", **kwargs) -> None:
+    def __init__(
+        self, scale_rewards: str = "group", eps: float = 1e-4, loss_type: str = "dapo", **kwargs
+    ) -> None:
         if scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"unknown scale_rewards {scale_rewards!r}; choose one of {', '.join(SCALE_REWARDS)}")
+            raise ValueError(
+                f"unknown scale_rewards {scale_rewards!r}; choose one of {', '.join(SCALE_REWARDS)}"
+            )
         super().__init__(loss_type=loss_type, **kwargs)
         self.scale_rewards = scale_rewards
         self.eps = float(eps)

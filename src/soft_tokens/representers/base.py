@@ -41,6 +41,9 @@ class TokenRepresenter:
         out.greedy = True
         return out
 
+    def prepare(self, embedding: Tensor) -> None:
+        """Called once at the start of every rollout with the current embedding matrix (for cached state)."""
+
     def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
         """Next input for each row from its last logits [N, V] and the input embedding matrix [V, d]."""
         raise NotImplementedError

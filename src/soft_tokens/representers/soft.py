@@ -46,6 +46,11 @@ class SoftRepresenter(TokenRepresenter):
             self._sigma_key = key
         return self._sigma
 
+    def prepare(self, embedding: Tensor) -> None:
+        """Recompute sigma at every rollout, even if an optimizer changed E without bumping its version."""
+        self._sigma_key = None
+        self.sigma(embedding)
+
     def mixture(self, logits: Tensor, embedding: Tensor) -> Tensor:
         """h = softmax(logits / tau) @ E: one matmul in E's dtype, softmax in float32."""
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)
