@@ -1,0 +1,351 @@
+"""Data sources: each one's `load()` returns a list of Examples.
+
+`ArithSource` generates the embedded arithmetic task; `HubSource` reads a Hugging Face hub dataset
+(GSM8K, MATH, MATH-500, DeepScaleR, ...); `LocalSource` reads a local .jsonl, .json or .parquet file.
+Hub and local rows go through the same field mapping and gold-answer parsing (`answer_format`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+from soft_tokens.data.types import Example
+
+log = logging.getLogger(__name__)
+
+ANSWER_FORMATS = ("gsm8k", "math", "plain")
+BAD_ROW_MODES = ("raise", "skip")
+LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet")
+
+
+class DataError(ValueError):
+    """A malformed data file or row; the message says where and what is wrong."""
+
+
+class Source(Protocol):
+    """Anything that loads a list of Examples."""
+
+    def load(self) -> list[Example]: ...
+
+
+# ----------------------------------------------------------------------------- gold answers
+
+
+def gsm8k_answer(text: str) -> str:
+    """The gold answer of a GSM8K solution: what follows the last `####`, commas stripped."""
+    if "####" not in text:
+        raise ValueError("no '#### <answer>' line")
+    answer = text.rsplit("####", 1)[1].strip().replace(",", "")
+    if not answer:
+        raise ValueError("empty answer after '####'")
+    return answer
+
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\b")
+
+
+def boxed_answer(text: str) -> str:
+    """The content of the last `\\boxed{...}` (or `\\fbox{...}`) in text, nested braces included."""
+    matches = list(_BOXED.finditer(text))
+    if not matches:
+        raise ValueError("no \\boxed{} answer")
+    rest = text[matches[-1].end() :]
+    body = rest.lstrip()
+    if body.startswith("{"):
+        depth, i = 0, 0
+        while i < len(body):
+            if body[i] == "\\":  # skip the escaped character, e.g. the set braces \{ \}
+                i += 2
+                continue
+            depth += {"{": 1, "}": -1}.get(body[i], 0)
+            if depth == 0:
+                break
+            i += 1
+        else:
+            raise ValueError("unbalanced braces in the last \\boxed{}")
+        answer = body[1:i].strip()
+    elif rest[:1].isspace():  # the brace-less form `\boxed 5`
+        answer = re.match(r"[^\s$]*", body).group(0)
+    else:
+        raise ValueError("malformed \\boxed answer")
+    if not answer:
+        raise ValueError("empty \\boxed{} answer")
+    return answer
+
+
+# ----------------------------------------------------------------------------- embedded task
+
+
+class ArithSource:
+    """One split of the embedded arithmetic word-problem task (see `soft_tokens.data.arith`)."""
+
+    def __init__(
+        self,
+        split: str = "train",
+        n: int = 1000,
+        seed: int = 0,
+        min_ops: int = 2,
+        max_ops: int = 3,
+        max_start: int = 19,
+        max_change: int = 19,
+        min_start: int = 2,
+        allow_negative: bool = False,
+    ):
+        from soft_tokens.data.arith import ArithConfig
+
+        self.split, self.n, self.seed = split, n, seed
+        self.cfg = ArithConfig(
+            min_ops=min_ops,
+            max_ops=max_ops,
+            max_start=max_start,
+            max_change=max_change,
+            min_start=min_start,
+            allow_negative=allow_negative,
+        )
+
+    def load(self) -> list[Example]:
+        """Generate the split (deterministic in split, n, seed and the generator knobs)."""
+        from soft_tokens.data.arith import generate_split
+
+        return generate_split(self.split, self.n, self.seed, self.cfg)
+
+
+# ----------------------------------------------------------------------------- row-based sources
+
+
+class _BadRow(ValueError):
+    """What is wrong with one row; the source adds where it is."""
+
+
+def check_on_bad_row(value: str) -> str:
+    """Validate an `on_bad_row` setting ("raise" or "skip")."""
+    if value not in BAD_ROW_MODES:
+        raise ValueError(f"on_bad_row must be one of {BAD_ROW_MODES}, got {value!r}")
+    return value
+
+
+class RowSource:
+    """Shared logic of hub and local sources: map fields, parse gold answers, handle bad rows, limit.
+
+    answer_format: "gsm8k" (answer field holds a GSM8K solution ending in `#### N`), "math" (answer field
+    if present and non-empty, else the last `\\boxed{}` of the solution field) or "plain" (answer field as is).
+    After `load()`, `n_skipped` holds the number of malformed rows skipped (on_bad_row="skip").
+    """
+
+    def __init__(
+        self,
+        question_field: str = "question",
+        answer_field: str | None = "answer",
+        answer_format: str = "plain",
+        solution_field: str | None = None,
+        id_field: str | None = None,
+        limit: int | None = None,
+        on_bad_row: str = "raise",
+    ):
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
+        if answer_field is None and not (answer_format == "math" and solution_field):
+            raise ValueError("answer_field may only be None with answer_format='math' and a solution_field")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        self.question_field = question_field
+        self.answer_field = answer_field
+        self.answer_format = answer_format
+        self.solution_field = solution_field
+        self.id_field = id_field
+        self.limit = limit
+        self.on_bad_row = check_on_bad_row(on_bad_row)
+        self.n_skipped = 0
+        self._first_bad: str | None = None
+
+    def _tables(self) -> Iterator[tuple[str, str, Iterable[tuple[str, Any]]]]:
+        """Yield (where, id_prefix, rows) with rows as (position, row) pairs, e.g. ("row 3", {...})."""
+        raise NotImplementedError
+
+    def load(self) -> list[Example]:
+        """Read the rows, in order, up to `limit` good ones."""
+        check_on_bad_row(self.on_bad_row)  # the attribute may have been set after construction
+        self.n_skipped, self._first_bad = 0, None
+        examples = list(islice(self._examples(), self.limit))
+        if self.n_skipped:
+            log.warning("skipped %d malformed rows (first: %s)", self.n_skipped, self._first_bad)
+        return examples
+
+    def _examples(self) -> Iterator[Example]:
+        for where, prefix, rows in self._tables():
+            for k, (pos, row) in enumerate(rows):
+                try:
+                    yield self._parse(row, f"{prefix}-{k}")
+                except _BadRow as err:
+                    message = f"{where}, {pos}: {err}"
+                    if self.on_bad_row == "raise":
+                        raise DataError(message) from None
+                    self.n_skipped += 1
+                    self._first_bad = self._first_bad or message
+
+    def _parse(self, row: Any, default_id: str) -> Example:
+        if isinstance(row, _BadRow):
+            raise row
+        if not isinstance(row, Mapping):
+            raise _BadRow(f"expected an object with named fields, got {type(row).__name__}")
+        question = _field(row, self.question_field)
+        if not isinstance(question, str) or not question.strip():
+            raise _BadRow(
+                f"question field {self.question_field!r} is not a non-empty string: {question!r:.80}"
+            )
+        solution = _text(row, self.solution_field, optional=True) if self.solution_field else None
+        try:
+            answer, solution = self._gold(row, solution)
+        except _BadRow:
+            raise
+        except ValueError as err:
+            raise _BadRow(f"cannot parse the gold answer: {err}") from None
+        id_ = str(_field(row, self.id_field)) if self.id_field else default_id
+        return Example(question=question, answer=answer, solution=solution, id=id_)
+
+    def _gold(self, row: Mapping, solution: str | None) -> tuple[str, str | None]:
+        """The gold answer, and the solution (GSM8K's answer field carries one)."""
+        if self.answer_format == "gsm8k":
+            text = _text(row, self.answer_field)
+            return gsm8k_answer(text), solution or text.rsplit("####", 1)[0].strip() or None
+        if self.answer_format == "math" and _empty(row.get(self.answer_field) if self.answer_field else None):
+            if solution is None:
+                raise _BadRow(
+                    f"no answer field {self.answer_field!r} and no solution to take \\boxed{{}} from"
+                )
+            return boxed_answer(solution), solution
+        return _scalar(row, self.answer_field), solution
+
+
+def _field(row: Mapping, name: str) -> Any:
+    if name not in row:
+        raise _BadRow(f"missing field {name!r} (fields: {sorted(row)})")
+    return row[name]
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _text(row: Mapping, name: str, optional: bool = False) -> str | None:
+    value = _field(row, name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise _BadRow(f"field {name!r} is not a string: {value!r:.80}")
+    return value
+
+
+def _scalar(row: Mapping, name: str) -> str:
+    """An answer field as a stripped string; numbers are accepted (JSON files often store them so)."""
+    value = _field(row, name)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _BadRow(f"answer field {name!r} is empty or not a string/number: {value!r:.80}")
+    return value.strip()
+
+
+class HubSource(RowSource):
+    """A Hugging Face hub dataset split, read with `datasets.load_dataset`.
+
+    `name` may be a list of configs, read one after the other (EleutherAI/hendrycks_math has one per subject).
+    `split` accepts the slicing syntax of `datasets`, e.g. "train[:-200]".
+    """
+
+    def __init__(
+        self,
+        path: str,
+        name: str | list[str] | None = None,
+        split: str = "train",
+        question_field: str = "question",
+        answer_field: str | None = "answer",
+        answer_format: str = "plain",
+        solution_field: str | None = None,
+        id_field: str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        limit: int | None = None,
+        on_bad_row: str = "raise",
+    ):
+        super().__init__(
+            question_field, answer_field, answer_format, solution_field, id_field, limit, on_bad_row
+        )
+        self.path, self.split, self.revision = path, split, revision
+        self.names = [name] if name is None or isinstance(name, str) else list(name)
+        self.trust_remote_code = trust_remote_code
+
+    def _tables(self) -> Iterator[tuple[str, str, Iterable[tuple[str, Any]]]]:
+        import datasets
+
+        kwargs: dict[str, Any] = {}
+        if self.revision is not None:
+            kwargs["revision"] = self.revision
+        if self.trust_remote_code:  # recent `datasets` reject the flag, so pass it only when asked for
+            kwargs["trust_remote_code"] = True
+        for name in self.names:
+            ds = datasets.load_dataset(self.path, name, split=self.split, **kwargs)
+            config = f"config {name!r}, " if name else ""
+            where = f"{self.path} ({config}split {self.split!r})"
+            prefix = "-".join(p for p in (self.path.rsplit("/", 1)[-1], name, self.split) if p)
+            yield where, prefix, ((f"row {i}", row) for i, row in enumerate(ds))
+
+
+class LocalSource(RowSource):
+    """A local file of rows: .jsonl (one object a line), .json (a list of objects, or JSON lines) or .parquet."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        question_field: str = "question",
+        answer_field: str | None = "answer",
+        answer_format: str = "plain",
+        solution_field: str | None = None,
+        id_field: str | None = None,
+        limit: int | None = None,
+        on_bad_row: str = "raise",
+    ):
+        super().__init__(
+            question_field, answer_field, answer_format, solution_field, id_field, limit, on_bad_row
+        )
+        self.path = Path(path)
+        if self.path.suffix.lower() not in LOCAL_EXTENSIONS:
+            raise DataError(
+                f"{self.path}: unsupported file extension {self.path.suffix!r}, expected one of {LOCAL_EXTENSIONS}"
+            )
+
+    def _tables(self) -> Iterator[tuple[str, str, Iterable[tuple[str, Any]]]]:
+        if not self.path.is_file():
+            raise FileNotFoundError(f"data file not found: {self.path}")
+        suffix = self.path.suffix.lower()
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = ((f"row {i}", row) for i, row in enumerate(pq.read_table(self.path).to_pylist()))
+        else:
+            text = self.path.read_text(encoding="utf-8")
+            if suffix == ".json" and text.lstrip().startswith("["):
+                try:
+                    data = json.loads(text)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{self.path}: invalid JSON: {err}") from None
+                rows = ((f"row {i}", row) for i, row in enumerate(data))
+            else:  # JSON lines (what `datasets.Dataset.to_json` writes, even to a .json file)
+                rows = _json_lines(text)
+        yield str(self.path), self.path.stem, rows
+
+
+def _json_lines(text: str) -> Iterator[tuple[str, Any]]:
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {n}", json.loads(line)
+        except json.JSONDecodeError as err:
+            yield f"line {n}", _BadRow(f"invalid JSON: {err}")

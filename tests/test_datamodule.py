@@ -1,0 +1,268 @@
+"""MathDataModule: batch format, seeded shuffling, exact resumption, rank sharding, Lightning round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import datasets
+import hydra.utils
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from soft_tokens.data.datamodule import MathDataModule
+from soft_tokens.data.sources import DataError
+from soft_tokens.data.types import Example
+
+N, B = 22, 4  # 5 full batches per epoch, 2 examples dropped
+
+
+def examples(n: int = N) -> list[Example]:
+    return [Example(question=f"q{i}", answer=str(i), id=f"e{i}") for i in range(n)]
+
+
+def make_dm(**kwargs) -> MathDataModule:
+    kwargs = {"train": examples(), "batch_size": B, "seed": 0, **kwargs}
+    return MathDataModule(**kwargs)
+
+
+def epoch_ids(dm: MathDataModule, epoch: int, loader=None) -> list[list[str]]:
+    loader = loader or dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return [batch["id"] for batch in loader]
+
+
+def test_batch_format():
+    dm = make_dm(val=examples(5), val_batch_size=2)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == N // B == len(dm.train_dataloader())
+    for batch in batches:
+        assert set(batch) == {"question", "answer", "id"}
+        assert all(isinstance(v, list) and len(v) == B for v in batch.values())
+        assert all(
+            q == f"q{a}" and i == f"e{a}" for q, a, i in zip(batch["question"], batch["answer"], batch["id"])
+        )
+    ids = [i for b in batches for i in b["id"]]
+    assert len(set(ids)) == len(ids)
+    assert [b["id"] for b in dm.val_dataloader()] == [["e0", "e1"], ["e2", "e3"], ["e4"]]
+    assert dm.val_examples() == examples(5) and dm.test_examples() == [] and dm.test_dataloader() == []
+
+
+def test_sources_from_configs():
+    cfg = OmegaConf.create(
+        {
+            "train": {"_target_": "soft_tokens.data.sources.ArithSource", "split": "train", "n": 40},
+            "val": {"_target_": "soft_tokens.data.sources.ArithSource", "split": "val", "n": 6},
+        }
+    )
+    dm = MathDataModule(train=cfg.train, val=dict(cfg.val), batch_size=8)
+    dm.setup("fit")
+    assert len(dm.examples("train")) == 40 and len(dm.val_examples()) == 6
+    assert len(next(iter(dm.train_dataloader()))["question"]) == 8
+
+
+def test_on_bad_row_override(tmp_path):
+    from soft_tokens.data.sources import ArithSource, LocalSource
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "q", "answer": "1"}\n{"question": "q"}\n')
+    dm = MathDataModule(train=LocalSource(path), val=ArithSource("val", n=2), on_bad_row="skip")
+    assert len(dm.examples("train")) == 1 and dm.sources["train"].n_skipped == 1
+    with pytest.raises(ValueError, match="on_bad_row must be one of"):
+        MathDataModule(train=LocalSource(path), on_bad_row="drop")
+    with pytest.raises(TypeError, match="cannot build a data source"):
+        MathDataModule(train=42)
+
+
+def test_shuffle_is_seeded_and_changes_per_epoch():
+    first = [epoch_ids(make_dm(), e) for e in range(3)]
+    assert first == [epoch_ids(make_dm(), e) for e in range(3)]
+    assert first[0] != first[1] != first[2]
+    assert epoch_ids(make_dm(seed=1), 0) not in first  # seeds do not share epochs (as seed + epoch would)
+    unshuffled = epoch_ids(make_dm(shuffle=False), 1)
+    assert unshuffled[0] == ["e0", "e1", "e2", "e3"]
+
+
+@pytest.mark.parametrize("stop", [0, 2, 5])  # batches consumed in epoch 1 before the interruption
+def test_resume_from_state_dict(stop):
+    full = make_dm()
+    loader = full.train_dataloader()
+    expected = epoch_ids(full, 0, loader) + epoch_ids(full, 1, loader) + epoch_ids(full, 2, loader)
+
+    dm = make_dm()
+    loader = dm.train_dataloader()
+    seen = epoch_ids(dm, 0, loader)
+    loader.sampler.set_epoch(1)
+    it = iter(loader)
+    seen += [next(it)["id"] for _ in range(stop)]
+    state = dm.state_dict()
+    assert state == {"epoch": 1, "batches": stop}
+
+    resumed = make_dm()
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+    loader = resumed.train_dataloader()
+    assert len(loader) == N // B  # the full epoch, as Lightning counts the skipped batches as done
+    seen += [b["id"] for b in loader]  # no set_epoch needed: the pass resumes the saved epoch (or the next)
+    for epoch in range(loader.sampler.epoch + 1, 3):
+        seen += epoch_ids(resumed, epoch, loader)
+    assert seen == expected
+
+
+def test_load_state_dict_after_loader_exists():
+    dm = make_dm()
+    loader = dm.train_dataloader()
+    dm.load_state_dict({"epoch": 0, "batches": 3})
+    assert [b["id"] for b in loader] == epoch_ids(make_dm(), 0)[3:]
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_ranks_get_disjoint_slices_of_each_global_batch(world_size):
+    global_batches = epoch_ids(make_dm(), 1)
+    per_rank = []
+    for rank in range(world_size):
+        dm = make_dm()
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
+        per_rank.append(epoch_ids(dm, 1))
+    for step, global_batch in enumerate(global_batches):
+        parts = [per_rank[r][step] for r in range(world_size)]
+        assert all(len(p) == B // world_size for p in parts)
+        assert sorted(i for p in parts for i in p) == sorted(global_batch)
+
+
+def test_batch_size_must_divide_over_ranks():
+    dm = make_dm()
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=3)
+    with pytest.raises(ValueError, match="not divisible"):
+        dm.train_dataloader()
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        make_dm(train=examples(3)).train_dataloader()
+
+
+# ---- a real Trainer: checkpoint mid-epoch and at an epoch end, resume, compare with an uninterrupted run
+
+
+class Recorder(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[list[str]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["id"])
+        return (self.w - 1).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(tmp_path, max_steps: int, ckpt_path=None, num_workers: int = 0) -> list[list[str]]:
+    model = Recorder()
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[
+            L.pytorch.callbacks.ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=1, save_top_k=-1)
+        ],
+    )
+    trainer.fit(model, datamodule=make_dm(val=examples(4), num_workers=num_workers), ckpt_path=ckpt_path)
+    return model.seen
+
+
+@pytest.mark.filterwarnings("ignore:.*(dirpath has changed|no `validation_step`|LeafSpec).*")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_lightning_resume_matches_uninterrupted_run(tmp_path, num_workers):
+    full = fit(tmp_path / "full", 12, num_workers=num_workers)  # 5 batches per epoch: crosses two epoch ends
+    assert len(full) == 12 and full[:5] != full[5:10]
+    for step in (3, 5, 7):
+        ckpt = torch.load(tmp_path / "full" / f"step={step}.ckpt", weights_only=False)
+        assert ckpt["MathDataModule"] == {"epoch": (step - 1) // 5, "batches": (step - 1) % 5 + 1}
+        resumed = fit(tmp_path / f"resume{step}", 12, tmp_path / "full" / f"step={step}.ckpt", num_workers)
+        assert resumed == full[step:], step
+
+
+# ---- the data configs (conf/data/*.yaml), instantiated as train.py does; hub loading patched
+
+
+CONF = Path(__file__).parents[1] / "conf" / "data"
+
+
+def instantiate(name: str, **updates) -> MathDataModule:
+    cfg = OmegaConf.create(
+        {"seed": 0, "data": OmegaConf.load(CONF / f"{name}.yaml")}
+    )  # as composed by train.py
+    for key, value in updates.items():
+        OmegaConf.update(cfg, f"data.{key}", value)
+    return hydra.utils.instantiate(cfg.data)
+
+
+def test_arith_config():
+    dm = instantiate("arith", **{"train.n": 40, "val.n": 5, "test.n": 7})
+    dm.setup()
+    assert [len(dm.examples(s)) for s in ("train", "val", "test")] == [40, 5, 7]
+    assert dm.batch_size == 8 and len(next(iter(dm.train_dataloader()))["id"]) == 8
+    assert not {e.question for e in dm.examples("train")} & {e.question for e in dm.val_examples()}
+
+
+def test_local_config():
+    fixture = Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl"
+    dm = instantiate("local", **{"train.path": str(fixture), "train.answer_format": "gsm8k", "batch_size": 2})
+    assert (
+        [e.answer for e in dm.val_examples()]
+        == ["72", "12000", "-3"]
+        == [e.answer for e in dm.test_examples()]
+    )
+    with pytest.raises(Exception, match="train.path"):
+        instantiate("local")  # path is mandatory
+
+
+def test_on_bad_row_knob(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "q", "answer": "1"}\n{"question": "q"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl, line 2: missing field 'answer'"):
+        instantiate("local", **{"train.path": str(path), "batch_size": 1}).setup("fit")
+    dm = instantiate("local", **{"train.path": str(path), "batch_size": 1, "on_bad_row": "skip"})
+    assert len(dm.val_examples()) == 1 and dm.sources["val"].n_skipped == 1
+
+
+HUB_ROWS = {
+    "openai/gsm8k": {"question": "q", "answer": "so\n#### 1,024"},
+    "EleutherAI/hendrycks_math": {
+        "problem": "p",
+        "solution": r"$\boxed{\frac{1}{2}}$",
+        "level": "1",
+        "type": "x",
+    },
+    "HuggingFaceH4/MATH-500": {"problem": "p", "solution": r"\boxed{3}", "answer": "3", "unique_id": "u"},
+    "agentica-org/DeepScaleR-Preview-Dataset": {"problem": "p", "solution": None, "answer": "7"},
+}
+
+
+@pytest.mark.parametrize(
+    "name, train_answer",
+    [("gsm8k", "1024"), ("math", r"\frac{1}{2}"), ("deepscaler", "7")],
+)
+def test_hub_configs(monkeypatch, name, train_answer):
+    calls = []
+
+    def load_dataset(path, config=None, split=None, **kwargs):
+        calls.append((path, config, split))
+        return datasets.Dataset.from_list([HUB_ROWS[path]] * 3)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    dm = instantiate(name)
+    dm.setup()
+    assert {e.answer for e in dm.examples("train")} == {train_answer}
+    if name == "gsm8k":
+        assert calls == [("openai/gsm8k", "main", s) for s in ("train[:-200]", "train[-200:]", "test")]
+    else:
+        assert [e.answer for e in dm.test_examples()] == ["3"] * 3 and dm.val_examples()[0].id == "u"
+        assert calls[-1] == ("HuggingFaceH4/MATH-500", None, "test")
+    if name == "math":
+        assert len(calls) == 7 + 2 and len(dm.examples("train")) == 21

@@ -1,0 +1,247 @@
+"""Data sources: gold-answer parsing, local files, hub datasets (load_dataset patched), bad rows, arith splits."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from soft_tokens.data.sources import (
+    ArithSource,
+    DataError,
+    HubSource,
+    LocalSource,
+    boxed_answer,
+    gsm8k_answer,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MATH_FIELDS = dict(
+    question_field="problem", answer_field="answer", solution_field="solution", answer_format="math"
+)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---- gold answers
+
+
+def test_gsm8k_answer_strips_commas_and_takes_last_marker():
+    assert gsm8k_answer("a #### 1 \n b\n#### 1,234,567\n") == "1234567"
+    assert gsm8k_answer("#### -3") == "-3"
+    for bad in ("no marker", "#### ", "text ####\n"):
+        with pytest.raises(ValueError):
+            gsm8k_answer(bad)
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        (r"so $\boxed{5}$.", "5"),
+        (r"first \boxed{1} then \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{ \sqrt{\frac{a}{b^{2}}} }", r"\sqrt{\frac{a}{b^{2}}}"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
+        (r"\boxed{\left\{ x \right." + "}", r"\left\{ x \right."),
+        (r"\fbox{7}", "7"),
+        (r"answer: $\boxed 42$", "42"),
+    ],
+)
+def test_boxed_answer(text, answer):
+    assert boxed_answer(text) == answer
+
+
+@pytest.mark.parametrize("text", ["no box", r"\boxed{}", r"\boxed{1", r"\boxedx{1}", "\\boxed"])
+def test_boxed_answer_errors(text):
+    with pytest.raises(ValueError):
+        boxed_answer(text)
+
+
+# ---- local files
+
+
+def test_local_gsm8k_jsonl():
+    src = LocalSource(FIXTURES / "gsm8k_sample.jsonl", answer_format="gsm8k")
+    examples = src.load()
+    assert [e.answer for e in examples] == ["72", "12000", "-3"]
+    assert examples[0].question.startswith("Natalia sold clips")
+    assert examples[0].solution.endswith("72 clips altogether in April and May.")
+    assert [e.id for e in examples] == ["gsm8k_sample-0", "gsm8k_sample-1", "gsm8k_sample-2"]
+    assert src.n_skipped == 0
+
+
+MATH_GOLD = [r"\frac{3}{4}", r"2\sqrt{2}", r"\left\{ x : x^{2} > 1 \right\}"]
+
+
+def test_local_math_json():
+    examples = LocalSource(FIXTURES / "math_sample.json", id_field="unique_id", **MATH_FIELDS).load()
+    assert [e.answer for e in examples] == MATH_GOLD
+    assert examples[1].id == "test/algebra/2.json"
+    assert examples[1].solution.startswith("First")
+
+
+def test_local_math_parquet(tmp_path):
+    rows = json.loads((FIXTURES / "math_sample.json").read_text())
+    path = tmp_path / "math.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)  # the missing "answer" of row 1 becomes null
+    assert [e.answer for e in LocalSource(path, **MATH_FIELDS).load()] == MATH_GOLD
+
+
+def test_json_file_written_as_json_lines(tmp_path):
+    path = tmp_path / "data.json"
+    datasets.Dataset.from_list([{"question": "q1", "answer": 3}, {"question": "q2", "answer": 4}]).to_json(
+        path
+    )
+    assert [e.answer for e in LocalSource(path).load()] == ["3", "4"]  # numbers become strings
+
+
+def test_math_without_answer_field_uses_boxed_solution(tmp_path):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"problem": "p", "solution": r"\boxed{\frac{1}{3}}"}])
+    src = LocalSource(
+        path, question_field="problem", answer_field=None, solution_field="solution", answer_format="math"
+    )
+    assert src.load()[0].answer == r"\frac{1}{3}"
+
+
+def test_limit_takes_first_rows():
+    src = LocalSource(FIXTURES / "gsm8k_sample.jsonl", answer_format="gsm8k", limit=2)
+    assert [e.answer for e in src.load()] == ["72", "12000"]
+    assert LocalSource(FIXTURES / "gsm8k_sample.jsonl", answer_format="gsm8k", limit=0).load() == []
+
+
+BAD_ROWS = [
+    ({"question": "q", "answer": "#### 1"}, None),
+    ({"answer": "#### 2"}, "missing field 'question'"),
+    ({"question": 5, "answer": "#### 3"}, "not a non-empty string"),
+    ({"question": "q"}, "missing field 'answer'"),
+    ({"question": "q", "answer": "no marker"}, "cannot parse the gold answer"),
+    ({"question": "q", "answer": "#### "}, "cannot parse the gold answer"),
+    ({"question": "q", "answer": "#### 4"}, None),
+]
+
+
+@pytest.mark.parametrize("row", range(1, 6))
+def test_bad_row_raises_with_file_and_row(tmp_path, row):
+    path = write_jsonl(tmp_path / "bad.jsonl", [BAD_ROWS[0][0], BAD_ROWS[row][0]])
+    with pytest.raises(DataError, match=rf"bad\.jsonl, line 2: .*{BAD_ROWS[row][1]}"):
+        LocalSource(path, answer_format="gsm8k").load()
+
+
+def test_bad_json_list_row_and_invalid_json(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([{"question": "q", "answer": "1"}, {"question": "q", "answer": ""}, "text"]))
+    with pytest.raises(DataError, match=r"bad\.json, row 1: answer field 'answer' is empty"):
+        LocalSource(path).load()
+    src = LocalSource(path, on_bad_row="skip")
+    assert len(src.load()) == 1 and src.n_skipped == 2
+    path.write_text('[{"question": "q", ')
+    with pytest.raises(DataError, match="invalid JSON"):
+        LocalSource(path).load()
+
+
+def test_skip_counts_and_logs(tmp_path, caplog):
+    rows = [r for r, _ in BAD_ROWS]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with path.open("a") as f:
+        f.write("{not json\n")
+    src = LocalSource(path, answer_format="gsm8k", on_bad_row="skip")
+    with caplog.at_level(logging.WARNING):
+        examples = src.load()
+    assert [e.answer for e in examples] == ["1", "4"]
+    assert [e.id for e in examples] == ["bad-0", "bad-6"]  # ids keep the row position
+    assert src.n_skipped == 6
+    assert "skipped 6 malformed rows" in caplog.text and "bad.jsonl, line 2" in caplog.text
+
+
+def test_bad_extension_and_bad_options(tmp_path):
+    with pytest.raises(DataError, match=r"data\.csv: unsupported file extension '\.csv'"):
+        LocalSource(tmp_path / "data.csv")
+    with pytest.raises(ValueError, match="on_bad_row must be one of"):
+        LocalSource(FIXTURES / "gsm8k_sample.jsonl", on_bad_row="ignore")
+    with pytest.raises(ValueError, match="answer_format must be one of"):
+        LocalSource(FIXTURES / "gsm8k_sample.jsonl", answer_format="latex")
+    with pytest.raises(FileNotFoundError):
+        LocalSource(tmp_path / "missing.jsonl").load()
+
+
+# ---- hub (load_dataset patched: no network)
+
+
+@pytest.fixture()
+def fake_hub(monkeypatch):
+    tables = {
+        ("openai/gsm8k", "main", "test"): [
+            {"question": "q0", "answer": "x\n#### 1,000"},
+            {"question": "q1", "answer": "y\n#### 7"},
+        ],
+        ("EleutherAI/hendrycks_math", "algebra", "train"): [
+            {"problem": "a", "solution": r"\boxed{\frac{1}{2}}"}
+        ],
+        ("EleutherAI/hendrycks_math", "geometry", "train"): [{"problem": "g", "solution": r"so \boxed{3}"}],
+    }
+    calls = []
+
+    def load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split, kwargs))
+        return datasets.Dataset.from_list(tables[(path, name, split)])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_hub_gsm8k(fake_hub):
+    src = HubSource("openai/gsm8k", "main", split="test", answer_format="gsm8k", revision="abc")
+    examples = src.load()
+    assert [e.answer for e in examples] == ["1000", "7"]
+    assert [e.id for e in examples] == ["gsm8k-main-test-0", "gsm8k-main-test-1"]
+    assert fake_hub == [("openai/gsm8k", "main", "test", {"revision": "abc"})]
+
+
+def test_hub_several_configs(fake_hub):
+    src = HubSource(
+        "EleutherAI/hendrycks_math",
+        ["algebra", "geometry"],
+        split="train",
+        question_field="problem",
+        answer_field=None,
+        solution_field="solution",
+        answer_format="math",
+    )
+    assert [(e.question, e.answer) for e in src.load()] == [("a", r"\frac{1}{2}"), ("g", "3")]
+
+
+def test_hub_bad_row_names_dataset_and_row(fake_hub):
+    src = HubSource("openai/gsm8k", "main", split="test", answer_field="gold")
+    with pytest.raises(
+        DataError, match=r"openai/gsm8k \(config 'main', split 'test'\), row 0: missing field 'gold'"
+    ):
+        src.load()
+    src.on_bad_row = "skip"
+    assert src.load() == [] and src.n_skipped == 2
+
+
+# ---- embedded arithmetic task
+
+
+def test_arith_source_splits_are_disjoint_and_deterministic():
+    train = ArithSource("train", n=300, seed=3).load()
+    val = ArithSource("val", n=50, seed=3).load()
+    test = ArithSource("test", n=50, seed=3).load()
+    assert len(train) == 300 and len(val) == 50 and len(test) == 50
+    questions = [{e.question for e in s} for s in (train, val, test)]
+    assert (
+        not (questions[0] & questions[1])
+        and not (questions[0] & questions[2])
+        and not (questions[1] & questions[2])
+    )
+    assert ArithSource("val", n=50, seed=3).load() == val
+    assert all(e.answer.lstrip("-").isdigit() for e in train)
+    ops = ArithSource("train", n=20, min_ops=1, max_ops=1).load()
+    assert all(e.solution.count("=") == 1 for e in ops)
