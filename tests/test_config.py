@@ -1,0 +1,101 @@
+"""Config composition: every choice of every group composes, components instantiate, presets build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from soft_tokens.estimators.base import Estimator
+from soft_tokens.models import ModelConfig
+from soft_tokens.representers.base import TokenRepresenter
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = [
+    "model",
+    "data",
+    "representer",
+    "estimator",
+    "reward",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "debug",
+]
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in choices(g)])
+def test_every_choice_composes_and_resolves(group, choice):
+    cfg = compose_train([f"{group}={choice}", "paths.output_dir=/tmp/x"])
+    OmegaConf.resolve(cfg)
+    assert cfg.module._target_ == "soft_tokens.module.SoftTokensModule"
+    assert "_target_" in cfg.model and "_target_" in cfg.data and "_target_" in cfg.trainer
+
+
+@pytest.mark.parametrize("choice", choices("representer"))
+def test_representers_instantiate(choice):
+    rep = instantiate(compose_train([f"representer={choice}"]).representer)
+    assert isinstance(rep, TokenRepresenter) and rep.name == choice
+
+
+@pytest.mark.parametrize("choice", choices("estimator"))
+def test_estimators_instantiate(choice):
+    assert isinstance(instantiate(compose_train([f"estimator={choice}"]).estimator), Estimator)
+
+
+def test_fuzzy_is_soft_at_tiny_temperature():
+    soft = instantiate(compose_train(["representer=soft"]).representer)
+    fuzzy = instantiate(compose_train(["representer=fuzzy"]).representer)
+    assert type(soft) is type(fuzzy) and (soft.temperature, fuzzy.temperature) == (0.5, 1e-4)
+    assert soft.gamma == fuzzy.gamma == 0.33
+
+
+@pytest.mark.parametrize("group", ["representer", "estimator", "model", "trainer"])
+def test_unknown_choice_lists_the_options(group):
+    with pytest.raises((MissingConfigException, ConfigCompositionException)) as err:
+        compose_train([f"{group}=nope"])
+    msg = str(err.value)
+    assert "nope" in msg and "Available options" in msg
+    assert all(c in msg for c in choices(group))
+
+
+@pytest.mark.parametrize("name", choices("experiment"))
+def test_paper_presets_build_at_reduced_size(name):
+    cfg = compose_train([f"experiment={name}", "paths.output_dir=/tmp/x"])
+    assert cfg.trainer.max_steps == 4000 and cfg.module.samples_per_prompt == 32 and cfg.data.batch_size == 2
+    assert cfg.module.optim.warmup_steps == 20 and cfg.module.optim.scheduler == "cosine"
+    assert cfg.estimator._target_.endswith("RLOO") and cfg.estimator.beta == 0
+    OmegaConf.resolve(cfg)
+    spec: ModelConfig = instantiate(cfg.model)
+    assert not spec.trust_remote_code
+    spec.random_init = True
+    spec.gradient_checkpointing = False
+    spec.config_overrides = {
+        "num_hidden_layers": 1,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+    }
+    model = spec.load_model()
+    arch = OmegaConf.load(Path(spec.architecture) / "config.json")
+    assert model.config.vocab_size == arch.vocab_size and model.config.model_type == arch.model_type
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, arch.vocab_size)
