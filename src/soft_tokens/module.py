@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
@@ -97,7 +97,12 @@ class SoftTokensModule(L.LightningModule):
         ] = []  # a list keeps the frozen reference out of state_dict and optimizer
         self.bad_steps = 0
         self.generator: torch.Generator | None = None
-        self.save_hyperparameters(ignore=["representer", "estimator", "reward", "prompt"], logger=False)
+        # Plain types only, so checkpoints load with torch.load(weights_only=True).
+        hparams = {"model": asdict(model), "rollout": asdict(rollout), "optim": asdict(optim)}
+        hparams["optim"]["betas"] = list(optim.betas)
+        hparams.update(samples_per_prompt=self.G, rollout_micro_batch=rollout_micro_batch, seed=seed)
+        hparams.update(representer=repr(representer), estimator=repr(estimator))
+        self.save_hyperparameters(hparams, logger=False)
 
     # ----- models -----
     def configure_model(self) -> None:
@@ -266,6 +271,22 @@ class SoftTokensModule(L.LightningModule):
         }
         self.log_dict(values, on_step=True, sync_dist=self.trainer.world_size > 1)
         self.log("reward", values["train/reward"], prog_bar=True, logger=False)
+
+    # ----- checkpoints -----
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Also save the rollout random stream and the non-finite streak, so a resumed run continues exactly."""
+        checkpoint["rollout_rng"] = self.rollout_generator().get_state()
+        checkpoint["bad_steps"] = self.bad_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.bad_steps = int(checkpoint.get("bad_steps", 0))
+        self._rng_to_restore = checkpoint.get("rollout_rng")
+
+    def on_train_start(self) -> None:
+        state = getattr(self, "_rng_to_restore", None)
+        if state is not None:
+            self.rollout_generator().set_state(state.cpu())
+            self._rng_to_restore = None
 
     # ----- export -----
     def save_policy(self, path: str) -> None:
