@@ -70,3 +70,12 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture()
 def tiny_model(tiny_tokenizer) -> LlamaForCausalLM:
     return build_tiny_llama(len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny random Llama and tokenizer saved in Hugging Face format."""
+    path = tmp_path_factory.mktemp("tiny")
+    build_tiny_llama(len(tiny_tokenizer)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

@@ -17,17 +17,6 @@ from soft_tokens.module import NonFiniteLossError
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    """A tiny random Llama and tokenizer saved in Hugging Face format."""
-    from conftest import build_tiny_llama
-
-    path = tmp_path_factory.mktemp("tiny")
-    build_tiny_llama(len(tiny_tokenizer)).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 def compose_train(overrides: list[str], out_dir: Path):
     """The composed train config, with its run folder set to out_dir (as Hydra would at run time)."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):

@@ -257,6 +257,8 @@ class SoftTokensModule(L.LightningModule):
             "train/lr": self.lr_schedulers().get_last_lr()[0],
             "train/rollout_tokens_per_s": sum(ro.num_tokens for ro in ros) / max(seconds, 1e-9),
             "train/advantages_std": advs.std() if advs.numel() > 1 else advs.new_zeros(()),
+            # Rollouts per optimizer step over all ranks: prompts per rank x G x ranks (micro-batches included).
+            "train/effective_batch": float(rewards.numel() * self.trainer.world_size),
         }
         for key in metrics[0]:
             if key != "advantages_std":
@@ -269,7 +271,9 @@ class SoftTokensModule(L.LightningModule):
             )
             for k, v in values.items()
         }
+        effective = values.pop("train/effective_batch")
         self.log_dict(values, on_step=True, sync_dist=self.trainer.world_size > 1)
+        self.log("train/effective_batch", effective, on_step=True)
         self.log("reward", values["train/reward"], prog_bar=True, logger=False)
 
     # ----- checkpoints -----

@@ -1,0 +1,23 @@
+"""A callback for multi-process tests: records each rank's prompt ids and rollout shapes per step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+
+
+class RecordBatches(L.Callback):
+    """Appends {rank, step, ids, G} per training batch to <path>/batches.rank<r>.jsonl."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        row = {"rank": trainer.global_rank, "step": trainer.global_step, "ids": batch["id"], "G": pl_module.G}
+        row["world"] = trainer.world_size
+        row["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        with open(self.path / f"batches.rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,45 @@
+"""Multi-process training on CPU (2 ranks, gloo): whole prompt groups per rank, no duplicated prompts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ddp_cpu_two_ranks_split_prompts_without_duplication(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "train.py",
+        "trainer=ddp_cpu",
+        "debug=fast",
+        f"model.name_or_path={tiny_model_dir}",
+        "data.batch_size=4",
+        "trainer.max_steps=2",
+        "logger=csv",
+        "callbacks.rich_progress_bar=null",
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.probe._target_=tests.ddp_probe.RecordBatches",
+        f"+callbacks.probe.path={run_dir}/probe",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        r: [json.loads(line) for line in open(run_dir / "probe" / f"batches.rank{r}.jsonl")] for r in (0, 1)
+    }
+    assert len(rows[0]) == len(rows[1]) == 2
+    for a, b in zip(rows[0], rows[1]):
+        assert a["world"] == b["world"] == 2 and a["step"] == b["step"]
+        # Each rank holds whole prompts (2 of the global 4, each with all G samples), none on both ranks.
+        assert len(a["ids"]) == len(b["ids"]) == 2 and not set(a["ids"]) & set(b["ids"])
+        assert a["G"] == b["G"] == 2
+        # Logged metrics are reduced across ranks, so both ranks report the same value.
+        assert a["metrics"]["train/reward"] == b["metrics"]["train/reward"]
+        assert a["metrics"]["train/effective_batch"] == 8.0
+    assert (run_dir / "policy" / "model.safetensors").exists()
