@@ -31,7 +31,11 @@ def test_ddp_cpu_two_ranks_split_prompts_without_duplication(tmp_path, tiny_mode
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {
-        r: [json.loads(line) for line in open(run_dir / "probe" / f"batches.rank{r}.jsonl")] for r in (0, 1)
+        r: [
+            json.loads(line)
+            for line in (run_dir / "probe" / f"batches.rank{r}.jsonl").read_text().splitlines()
+        ]
+        for r in (0, 1)
     }
     assert len(rows[0]) == len(rows[1]) == 2
     for a, b in zip(rows[0], rows[1]):
