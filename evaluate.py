@@ -1,0 +1,28 @@
+"""Evaluate a policy under the paper's inference grid: `python evaluate.py checkpoint=<run>/policy name=soft`.
+
+Loads the base model, a Lightning checkpoint or a Hugging Face folder, solves the test split of the data
+config under hard/soft/fuzzy x greedy/sample CoT decoding, and writes results.{json,csv,md} and plots to
+outputs/evaluate/runs/<time>/ (see conf/evaluate.yaml; merge several runs with scripts/report.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hydra
+from omegaconf import DictConfig
+
+from soft_tokens.evaluate_run import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

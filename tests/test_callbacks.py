@@ -1,0 +1,152 @@
+"""The evaluation callbacks inside a tiny fit (math eval with pass@k settings, OOD eval) and in isolation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+import train as train_script
+from callbacks.math_eval import MathEval
+from callbacks.ood_eval import OODEval
+from soft_tokens.evaluate_run import build_setting, load_policy
+from soft_tokens.models import ModelConfig
+from soft_tokens.representers import HardRepresenter
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "ood"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    from conftest import build_tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny")
+    build_tiny_llama(len(tiny_tokenizer)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def compose_train(overrides: list[str], out_dir: Path):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        del cfg.hydra
+    return cfg
+
+
+def test_callbacks_log_their_metrics_in_a_tiny_fit(tmp_path, tiny_model_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = compose_train(
+        [
+            "debug=fast",
+            f"model.name_or_path={tiny_model_dir}",
+            "representer=soft",
+            "callbacks=ood",
+            "callbacks.rich_progress_bar=null",
+            "callbacks.math_eval.max_examples=2",
+            f"callbacks.ood_eval.datasets.arc.path={FIXTURES / 'arc_tiny.jsonl'}",
+            f"callbacks.ood_eval.datasets.mmlu.path={FIXTURES / 'mmlu_tiny.jsonl'}",
+            "~callbacks.ood_eval.datasets.hellaswag",
+            "module.rollout.max_cot_tokens=6",
+        ],
+        tmp_path,
+    )
+    with open_dict(cfg):
+        cfg.callbacks.math_eval.settings = {
+            "hard_sample": {
+                "representer": {"_target_": "soft_tokens.representers.HardRepresenter", "greedy": False},
+                "num_samples": 2,
+            }
+        }
+    metrics = train_script.train(cfg)
+    for key in ("val/accuracy", "val/accuracy_soft", "val/hard_sample/pass@1", "val/hard_sample/pass@2"):
+        assert key in metrics and 0.0 <= metrics[key] <= 1.0, key
+    for ds in ("arc", "mmlu"):
+        for key in ("accuracy", "nll", "nll_delta_vs_base", "base_accuracy", "base_nll"):
+            assert f"ood/{ds}/{key}" in metrics, (ds, key)
+        assert metrics[f"ood/{ds}/nll"] > 0
+    assert "ood/hellaswag/accuracy" not in metrics
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "val/cot_entropy" in tags["images"]
+    steps = [e.step for e in events.Images("val/cot_entropy")]
+    assert steps[0] == 0 and len(steps) >= 2  # step 0, then every step (debug=fast: every_n_steps=1)
+    delta = events.Scalars("ood/arc/nll_delta_vs_base")
+    assert delta[0].value == 0.0  # at step 0 the base is the policy itself
+    assert events.Scalars("ood/arc/base_nll")[0].value == pytest.approx(
+        events.Scalars("ood/arc/nll")[0].value
+    )
+
+    # the real Lightning checkpoint loads (weights_only) to the exported final policy
+    model_cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    from_ckpt, _, _ = load_policy(model_cfg, tmp_path / "checkpoints" / "last.ckpt")
+    from_hf, _, _ = load_policy(model_cfg, tmp_path / "policy")
+    for (k, a), b in zip(from_ckpt.state_dict().items(), from_hf.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_math_eval_settings_validation():
+    s = build_setting("x", {"representer": HardRepresenter(greedy=False), "num_samples": 8})
+    assert s.k_values == [1, 2, 4, 8] and s.setting.num_samples == 8
+    assert build_setting("y", HardRepresenter(greedy=True)).k_values == [1]
+    with pytest.raises(ValueError, match="k_values"):
+        build_setting("z", {"representer": HardRepresenter(), "num_samples": 2, "k_values": [4]})
+    with pytest.raises(TypeError):
+        build_setting("w", {"num_samples": 2})
+    cb = MathEval(
+        HardRepresenter(greedy=True), settings={"h": {"representer": HardRepresenter(), "num_samples": 2}}
+    )
+    assert [s.name for s in cb.settings] == ["h"]
+
+
+class _Module:
+    """The parts of SoftTokensModule the OOD callback uses."""
+
+    def __init__(self, policy, ref, tokenizer):
+        self.policy, self.ref_model, self.tokenizer = policy, ref, tokenizer
+        self.device = torch.device("cpu")
+        self.logged: dict[str, float] = {}
+
+    def log(self, key, value, **kwargs):
+        self.logged[key] = value
+
+
+def _trainer(step: int):
+    return SimpleNamespace(
+        global_step=step, global_rank=0, world_size=1, is_global_zero=True, max_steps=100, strategy=None
+    )
+
+
+def test_ood_eval_uses_the_reference_model_as_base(tiny_tokenizer):
+    from conftest import build_tiny_llama
+
+    policy, ref = build_tiny_llama(len(tiny_tokenizer), seed=1), build_tiny_llama(len(tiny_tokenizer), seed=2)
+    cb = OODEval({"arc": {"format": "arc", "path": str(FIXTURES / "arc_tiny.jsonl")}}, every_n_steps=5)
+    module = _Module(policy, ref, tiny_tokenizer)
+    cb.on_train_batch_end(_trainer(5), module, None, None, 0)  # a resumed run: step 5, with a reference model
+    logged = module.logged
+    assert logged["ood/arc/nll_delta_vs_base"] == pytest.approx(
+        logged["ood/arc/nll"] - logged["ood/arc/base_nll"]
+    )
+    assert logged["ood/arc/nll_delta_vs_base"] != 0.0  # two different models
+    assert cb.state_dict()["base"]["arc"]["nll"] == logged["ood/arc/base_nll"]
+
+    # without a reference model and not starting at step 0: no base, so no delta (unless restored from a checkpoint)
+    cb2 = OODEval({"arc": {"format": "arc", "path": str(FIXTURES / "arc_tiny.jsonl")}}, every_n_steps=5)
+    module2 = _Module(policy, None, tiny_tokenizer)
+    cb2.on_train_batch_end(_trainer(5), module2, None, None, 0)
+    assert "ood/arc/accuracy" in module2.logged and "ood/arc/nll_delta_vs_base" not in module2.logged
+    cb2.load_state_dict(cb.state_dict())
+    cb2.on_train_batch_end(_trainer(10), module2, None, None, 0)
+    assert module2.logged["ood/arc/nll_delta_vs_base"] == pytest.approx(logged["ood/arc/nll_delta_vs_base"])

@@ -1,0 +1,201 @@
+"""evaluate.py end to end on a tiny model, checkpoint loading (Lightning .ckpt vs Hugging Face folder), report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from soft_tokens.evaluate_run import (
+    EvalResults,
+    SettingResult,
+    evaluate,
+    load_lightning_checkpoint,
+    load_policy,
+)
+from soft_tokens.models import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+TINY = ["max_examples=3", "rollout.max_cot_tokens=8", "rollout.answer_max_tokens=6", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    from conftest import build_tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny")
+    build_tiny_llama(len(tiny_tokenizer)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def compose_cfg(name: str, overrides: list[str], out_dir: Path):
+    """A composed config with its run folder set to out_dir (as Hydra would at run time)."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        del cfg.hydra
+    return cfg
+
+
+def test_config_has_the_six_paper_settings():
+    cfg = compose_cfg("evaluate", [], Path("unused"))
+    assert list(cfg.settings) == [
+        "hard_greedy",
+        "hard_sample",
+        "soft_greedy",
+        "soft_sample",
+        "fuzzy_greedy",
+        "fuzzy_sample",
+    ]
+    reps = {k: v.representer for k, v in cfg.settings.items()}
+    assert reps["hard_greedy"].greedy and not reps["hard_sample"].greedy
+    assert reps["soft_sample"].temperature == 0.5 and reps["fuzzy_sample"].temperature == 1e-4
+    assert reps["soft_sample"].gamma == 0.33 and cfg.settings.soft_greedy.num_samples == 1
+    assert cfg.settings.fuzzy_sample.num_samples == cfg.num_samples
+    assert cfg.prompt.template == "compact" and cfg.split == "test"
+
+
+def test_evaluate_writes_tables_and_plots(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    cfg = compose_cfg(
+        "evaluate", [f"model.name_or_path={tiny_model_dir}", "num_samples=2", "name=base", *TINY], out
+    )
+    res = evaluate(cfg)
+    for f in ("results.json", "results.csv", "results.md", "pass_at_k.png", "cot_entropy.png", "config.yaml"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert [s.name for s in res.settings] == [
+        "hard_greedy",
+        "hard_sample",
+        "soft_greedy",
+        "soft_sample",
+        "fuzzy_greedy",
+        "fuzzy_sample",
+    ]
+    by_name = {s.name: s for s in res.settings}
+    assert set(by_name["hard_greedy"].pass_at_k) == {1} and set(by_name["soft_sample"].pass_at_k) == {1, 2}
+    assert all(s.n_problems == 3 for s in res.settings) and res.n_problems == 3
+    assert all(0.0 <= v <= 1.0 for s in res.settings for v in s.pass_at_k.values())
+    assert len(by_name["hard_sample"].entropy_profile) == 8
+    assert res.name == "base" and res.data == "arith"
+    # the files agree with what was returned
+    loaded = EvalResults.from_json(json.loads((out / "results.json").read_text()))
+    assert [s.pass_at_k for s in loaded.settings] == [s.pass_at_k for s in res.settings]
+    md = (out / "results.md").read_text()
+    assert "| hard_greedy | greedy | 1 | 3 |" in md and "pass@2 (%)" in md
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert (
+        csv_lines[0].startswith("setting,decoding,num_samples,n_problems,pass@1,pass@2")
+        and len(csv_lines) == 7
+    )
+    rows = [json.loads(line) for line in (out / "completions" / "soft_sample.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and len(rows[0]["completion"]) == 2
+
+
+def _perturbed_module(tmp_path: Path, tiny_model_dir: Path):
+    """A training module whose policy differs from the base model, saved as a checkpoint and a HF folder."""
+    from soft_tokens.builders import build_module
+
+    cfg = compose_cfg("train", [f"model.name_or_path={tiny_model_dir}", "debug=fast"], tmp_path / "train")
+    module = build_module(cfg)
+    module.configure_model()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    # the layout Lightning's checkpoints have (state_dict with policy.* keys, pickled hyper-parameters)
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 3}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    module.save_policy(str(tmp_path / "policy"))
+    return module
+
+
+def test_lightning_checkpoint_and_hf_folder_give_the_same_scores(tmp_path, tiny_model_dir):
+    module = _perturbed_module(tmp_path, tiny_model_dir)
+    base_cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    from_ckpt, _, _ = load_policy(base_cfg, tmp_path / "last.ckpt")
+    from_hf, tok, described = load_policy(base_cfg, tmp_path)  # a run folder holding policy/
+    assert described == str(tmp_path / "policy") and tok.padding_side == "left"
+    for (k, a), b in zip(from_ckpt.state_dict().items(), from_hf.state_dict().values()):
+        assert torch.equal(a, b), k
+        assert torch.equal(a, module.policy.state_dict()[k])
+
+    results = []
+    for ckpt in (tmp_path / "last.ckpt", tmp_path / "policy"):
+        out = tmp_path / ckpt.name.replace(".", "_")
+        overrides = [f"model.name_or_path={tiny_model_dir}", f"checkpoint={ckpt}", "num_samples=2", *TINY]
+        cfg = compose_cfg("evaluate", [*overrides, "only=[hard_greedy,soft_sample]"], out)
+        results.append((evaluate(cfg), out))
+    (a, out_a), (b, out_b) = results
+    for sa, sb in zip(a.settings, b.settings):
+        assert sa.pass_at_k == sb.pass_at_k and sa.mean_reward == sb.mean_reward
+        assert sa.mean_cot_length == sb.mean_cot_length
+        assert all(
+            x == y or (math.isnan(x) and math.isnan(y))
+            for x, y in zip(sa.entropy_profile, sb.entropy_profile)
+        )
+    for setting in ("hard_greedy", "soft_sample"):
+        assert (out_a / "completions" / f"{setting}.jsonl").read_text() == (
+            out_b / "completions" / f"{setting}.jsonl"
+        ).read_text()
+
+
+class Untrusted:
+    pass
+
+
+def test_checkpoints_with_foreign_objects_are_refused(tmp_path, tiny_model_dir):
+    # the project's own config dataclasses are allowed (older checkpoints pickled them in hyper_parameters)
+    cfg = ModelConfig(name_or_path="x")
+    torch.save(
+        {"state_dict": {"policy.w": torch.ones(2)}, "hyper_parameters": {"model": cfg}}, tmp_path / "ok.ckpt"
+    )
+    assert load_lightning_checkpoint(tmp_path / "ok.ckpt")["hyper_parameters"]["model"] == cfg
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Untrusted()}}, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="untrusted"):
+        load_lightning_checkpoint(tmp_path / "bad.ckpt")
+    with pytest.raises(FileNotFoundError):
+        load_policy(ModelConfig(name_or_path=str(tiny_model_dir)), tmp_path / "nothing_here")
+
+
+def _fake_results(name: str, offset: float, ood: bool) -> EvalResults:
+    settings = [
+        SettingResult(s, "r", s.endswith("greedy"), 1 if s.endswith("greedy") else 4, 10,
+                      {1: 0.5 + offset} if s.endswith("greedy") else {1: 0.4 + offset, 2: 0.5, 4: 0.6 + offset},
+                      50.0, 20.0, 1.0, [1.0, math.nan], 1.0)
+        for s in ("hard_greedy", "hard_sample", "soft_greedy", "soft_sample")
+    ]  # fmt: skip
+    ood_res = {"arc": {"accuracy": 0.3, "nll": 2.0 + offset, "n_items": 4.0}} if ood else {}
+    return EvalResults(name, "m", "arith", "test", 10, settings, ood_res, {"max_cot_tokens": 64})
+
+
+def test_report_merges_runs_into_tables(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "report", report)
+    spec.loader.exec_module(report)
+    runs = []
+    for name, offset in (("base", 0.0), ("soft", 0.1)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(_fake_results(name, offset, True).to_json()))
+        runs += ["--run", f"{name}={folder}"]
+    md = report.main([*runs, "--out", str(tmp_path / "docs")])
+    text = md.read_text()
+    assert "## greedy pass@1" in text and "## sample pass@4" in text and "## OOD NLL change vs base" in text
+    assert "| soft | 60.0 | 60.0 |" in text  # greedy pass@1 of hard and soft, in %
+    assert "| soft | 0.100 |" in text  # NLL change vs base
+    pngs = sorted(p.name for p in (tmp_path / "docs").glob("*.png"))
+    assert "evaluation_report_greedy_pass1.png" in pngs and "evaluation_report_sample_pass4.png" in pngs
+    assert len(pngs) == 6
