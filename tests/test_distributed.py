@@ -27,7 +27,7 @@ def test_ddp_cpu_two_ranks_split_prompts_without_duplication(tmp_path, tiny_mode
         "+callbacks.probe._target_=tests.ddp_probe.RecordBatches",
         f"+callbacks.probe.path={run_dir}/probe",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {
