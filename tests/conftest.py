@@ -9,11 +9,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 # Tests run tiny models: one intra-op thread avoids oversubscription (and is much faster on a busy machine).
 torch.set_num_threads(1)
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CORPUS = [
     "User: Ann has 7 apples. She gets 5 more. How many apples does Ann have now? Assistant:"
