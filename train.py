@@ -33,6 +33,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.export_policy and trainer.is_global_zero:
         module.save_policy(str(out_dir / "policy"))
         log.info("final policy written to %s", out_dir / "policy")
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best and Path(best).is_file():
+            module.load_policy_from_checkpoint(best)
+            module.save_policy(str(out_dir / "policy_best"))
+            log.info("best policy (%s) written to %s", Path(best).name, out_dir / "policy_best")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("run folder: %s", out_dir)
     return metrics

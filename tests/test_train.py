@@ -36,6 +36,7 @@ def test_train_smoke_writes_run_folder(tmp_path, tiny_model_dir):
     assert "val/accuracy" in metrics and "train/reward" in metrics
     assert (tmp_path / "config.yaml").exists()
     assert (tmp_path / "policy" / "model.safetensors").exists()
+    assert (tmp_path / "policy_best" / "model.safetensors").exists()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 

@@ -297,3 +297,9 @@ class SoftTokensModule(L.LightningModule):
         """Write the policy and tokenizer with save_pretrained (safetensors), loadable by plain transformers."""
         self.policy.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
+
+    def load_policy_from_checkpoint(self, ckpt_path: str) -> None:
+        """Load the policy weights of a Lightning checkpoint file (weights_only) into this module's policy."""
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+        prefix = "policy."
+        self.policy.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
