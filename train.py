@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -16,6 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from soft_tokens.builders import build_callbacks, build_loggers, build_module
 
 log = logging.getLogger(__name__)
+
+# Expected with RL's manual optimisation and the callback-driven validation: not actionable, so not shown.
+warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+warnings.filterwarnings("ignore", message=".*val_dataloader.* but have no .validation_step.*")
+warnings.filterwarnings("ignore", message=".*modules? in eval mode at the start of training.*")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
