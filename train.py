@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -35,7 +37,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg)
     )
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    wall_s = time.perf_counter() - start
     if cfg.export_policy and trainer.is_global_zero:
         module.save_policy(str(out_dir / "policy"))
         log.info("final policy written to %s", out_dir / "policy")
@@ -45,7 +49,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             module.save_policy(str(out_dir / "policy_best"))
             log.info("best policy (%s) written to %s", Path(best).name, out_dir / "policy_best")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    log.info("run folder: %s", out_dir)
+    if trainer.is_global_zero:
+        summary = {"wall_s": round(wall_s, 1), "global_step": trainer.global_step, "metrics": metrics}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("run folder: %s (fit took %.0f s)", out_dir, wall_s)
     return metrics
 
 
