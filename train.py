@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from soft_tokens.builders import build_callbacks, build_loggers, build_module
@@ -32,6 +33,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     datamodule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
