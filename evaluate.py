@@ -14,6 +14,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from soft_tokens.evaluate_run import evaluate
@@ -21,6 +22,8 @@ from soft_tokens.evaluate_run import evaluate
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     evaluate(cfg)
 
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Reproduces the embedded-default report (docs/embedded_report.md): trains hard, soft and fuzzy tokens with
+# the default budget and seed, evaluates the base model and each run's best policy on the embedded test
+# split under the six inference settings, and merges them into the train x inference tables.
+#   bash scripts/embedded_report.sh            # about an hour on a 2-core CPU
+# Extra arguments go to every train.py call (e.g. trainer.max_steps=50 for a quick look).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-outputs/embedded_report}
+EVAL_ARGS=${EVAL_ARGS:-"max_examples=200 num_samples=4 batch_size=200"}
+mkdir -p "$OUT"
+for rep in hard soft fuzzy; do
+  [ -f "$OUT/train_$rep/summary.json" ] || $PY train.py representer=$rep callbacks.rich_progress_bar=null \
+    hydra.run.dir="$OUT/train_$rep" "$@"
+done
+$PY scripts/summarize_runs.py "$OUT"/train_{hard,soft,fuzzy} --out "$OUT/training_table.md"
+$PY evaluate.py name=base progress=false $EVAL_ARGS hydra.run.dir="$OUT/eval_base"
+for rep in hard soft fuzzy; do
+  $PY evaluate.py name=$rep checkpoint="$OUT/train_$rep/policy_best" progress=false $EVAL_ARGS \
+    hydra.run.dir="$OUT/eval_$rep"
+done
+$PY scripts/report.py --run "$OUT/eval_base" --run "$OUT/eval_hard" --run "$OUT/eval_soft" \
+  --run "$OUT/eval_fuzzy" --out docs --name embedded_report --title "Embedded default: train x inference"
