@@ -206,7 +206,7 @@ def test_arith_config():
     dm = instantiate("arith", **{"train.n": 40, "val.n": 5, "test.n": 7})
     dm.setup()
     assert [len(dm.examples(s)) for s in ("train", "val", "test")] == [40, 5, 7]
-    assert dm.batch_size == 16 and len(next(iter(dm.train_dataloader()))["id"]) == 8
+    assert dm.batch_size == 16 and len(next(iter(dm.train_dataloader()))["id"]) == 16
     assert not {e.question for e in dm.examples("train")} & {e.question for e in dm.val_examples()}
 
 
