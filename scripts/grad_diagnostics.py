@@ -26,11 +26,12 @@ from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rewards import MathReward
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
 
-REPRESENTERS = {
-    "hard": lambda: HardRepresenter(),
-    "soft": lambda: SoftRepresenter(temperature=0.5),
-    "fuzzy": lambda: SoftRepresenter(temperature=1e-4, name="fuzzy"),
-}
+
+def build(name: str, gamma: float):
+    """hard, soft (tau 0.5) or fuzzy (tau 1e-4) at noise scale gamma."""
+    if name == "hard":
+        return HardRepresenter()
+    return SoftRepresenter(temperature=0.5 if name == "soft" else 1e-4, gamma=gamma, name=name)
 
 
 def grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--G", type=int, default=8)
     p.add_argument("--max-cot", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gammas", default="0.33", help="comma list of noise scales for soft/fuzzy")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -59,8 +61,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     engine = RolloutEngine(tok, RolloutConfig(max_cot_tokens=args.max_cot))
     reward, est = MathReward(), RLOO()
     out = []
-    for name in args.representers.split(","):
-        rep = REPRESENTERS[name]()
+    runs = [(n, float(g)) for n in args.representers.split(",") for g in args.gammas.split(",")]
+    for name, gamma in dict.fromkeys((n, 0.0 if n == "hard" else g) for n, g in runs):
+        rep = build(name, gamma)
         model.eval()
         ro = engine.generate(model, prompts, rep, generator=torch.Generator().manual_seed(args.seed))
         rewards, _ = reward.score_batch(ro.completions, golds)
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cot, ans = est.loss(lp.logp, adv, ro.cot_mask)[0], est.loss(lp.logp, adv, ro.answer_mask)[0]
         row = {
             "representer": name,
+            "gamma": gamma,
             "reward_mean": float(rewards.mean()),
             "cot_logp_per_step": float(lp.logp[ro.cot_mask].mean()),
             "answer_logp_per_step": float(lp.logp[ro.answer_mask].mean()),
