@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob
+from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob, sample_tempered
 
 COT, PREFIX, ANSWER, DONE = 0, 1, 2, 3
 
@@ -85,14 +85,28 @@ class TokenTables:
         last = cfg.stop_string.rstrip()[-1]
         # A token can complete the stop string only if its text (right-stripped) ends with its last char.
         self.may_stop = torch.tensor([t.rstrip().endswith(last) for t in texts])
+        # Tokens that may end a CoT row before its length limit: stop-string candidates and EOS.
+        self.may_end = self.may_stop.clone()
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id < vocab_size:
+            self.may_end[tokenizer.eos_token_id] = True
         self.stop_window = len(tokenizer.encode(cfg.stop_string, add_special_tokens=False)) + 4
         self.early_prefix = tokenizer.encode(cfg.early_stop_prefix, add_special_tokens=False)
         self.limit_prefix = tokenizer.encode(cfg.limit_prefix, add_special_tokens=False)
 
     def to(self, device: torch.device) -> TokenTables:
-        for name in ("opens", "closes", "may_stop"):
+        for name in ("opens", "closes", "may_stop", "may_end"):
             setattr(self, name, getattr(self, name).to(device))
         return self
+
+
+def _rows_in(st: Tensor | None, s: int, count: int, n: int) -> Tensor | slice | None:
+    """The running rows in state `s`, given how many of the `n` there are: None if none, all rows as a slice
+    (indexing with it gives a view, not a copy), else their indices in `st`, the running rows' states."""
+    if count == 0:
+        return None
+    if count == n:
+        return slice(None)
+    return (st == s).nonzero().squeeze(-1)
 
 
 def encode_prompts(
@@ -119,12 +133,13 @@ class RolloutEngine:
             self._tables[key] = TokenTables(self.tokenizer, vocab_size, self.cfg).to(device)
         return self._tables[key]
 
-    def _stops(self, rows: Tensor, ids_buf: Tensor, cot_len: Tensor, t: int, w: int) -> Tensor:
-        """Which `rows` have a CoT whose last `w` tokens decode to text ending with the stop string."""
+    def _stops(self, rows: Tensor, ids_buf: Tensor, cot_len: int, t: int, w: int) -> Tensor:
+        """Which `rows` (all `cot_len` tokens into their CoT) have a CoT whose last `w` tokens decode to
+        text ending with the stop string."""
         out = torch.zeros(len(rows), dtype=torch.bool)
         tails = ids_buf[rows, max(0, t + 1 - w) : t + 1].tolist()
-        for k, (row, tail) in enumerate(zip(rows.tolist(), tails)):
-            tail = tail[-int(min(w, cot_len[row])) :]
+        for k, tail in enumerate(tails):
+            tail = tail[-min(w, cot_len) :]
             out[k] = self.tokenizer.decode(tail).rstrip().endswith(self.cfg.stop_string)
         return out.to(rows.device)
 
@@ -188,63 +203,83 @@ class RolloutEngine:
         )
         logits = out.logits[:, -1]
         attn = prompt_mask  # running batch's attention mask over the cache
+        pos = prompt_pos.unsqueeze(1)  # [n, 1] position id of the input fed next, per running row
+        ones = torch.ones(N, dtype=torch.long, device=device)
+        # Every row starts in the CoT at step 0 and leaves it for good, so a row in the CoT at step t is t + 1
+        # tokens into it: CoT lengths are only written when rows leave. `n_in` counts the running rows in each
+        # state; it is read back from the device only after a step in which some row may have changed state,
+        # and a phase all running rows are in is handled with slices (views) rather than gathers.
+        n_in = [N, 0, 0, 0]
         for t in range(S):
-            st = state[active]
-            next_ids = torch.full((len(active),), pad, dtype=torch.long, device=device)
-            next_emb = torch.empty((len(active), E.shape[1]), dtype=E.dtype, device=device)
+            n = len(active)
+            st = state[active] if max(n_in) != n else None  # needed only when the rows are in several states
+            in_cot = _rows_in(st, COT, n_in[COT], n)
+            in_prefix = _rows_in(st, PREFIX, n_in[PREFIX], n)
+            in_answer = _rows_in(st, ANSWER, n_in[ANSWER], n)
 
-            in_cot = (st == COT).nonzero().squeeze(-1)
-            if len(in_cot):
+            if in_cot is not None:
                 rows = active[in_cot]
-                step = representer.step(logits[in_cot], E, generator)
-                next_ids[in_cot] = step.ids
-                next_emb[in_cot] = step.embeds.to(E.dtype)
+                lg = logits[in_cot]
+                step = representer.step(lg, E, generator)
+                cot_emb = step.embeds.to(E.dtype)
                 logp[rows, t] = step.logp.float()
-                entropy[rows, t] = representer.entropy(logits[in_cot])
+                entropy[rows, t] = representer.entropy(lg)
                 cot_mask[rows, t] = True
                 if fed is not None:
-                    fed[rows, t] = step.embeds.to(E.dtype)
-            in_prefix = (st == PREFIX).nonzero().squeeze(-1)
-            if len(in_prefix):
-                rows = active[in_prefix]
-                next_ids[in_prefix] = prefix_table[prefix_kind[rows], prefix_pos[rows]]
-            in_answer = (st == ANSWER).nonzero().squeeze(-1)
-            if len(in_answer):
-                rows = active[in_answer]
-                lg = logits[in_answer]
-                if answer_greedy:
-                    tok = lg.argmax(-1)
-                else:
-                    probs = torch.softmax(lg.float() / cfg.answer_temperature, dim=-1)
-                    tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-                next_ids[in_answer] = tok
-                logp[rows, t] = categorical_log_prob(lg, tok, cfg.answer_temperature)
-                answer_mask[rows, t] = True
-            hard = (st != COT).nonzero().squeeze(-1)
-            next_emb[hard] = embed(next_ids[hard])
-            live = st != DONE
+                    fed[rows, t] = cot_emb
+            if n_in[COT] == n:
+                next_ids, next_emb = step.ids, cot_emb
+            else:
+                next_ids = torch.full((n,), pad, dtype=torch.long, device=device)
+                if in_cot is not None:
+                    next_ids[in_cot] = step.ids
+                if in_prefix is not None:
+                    rows = active[in_prefix]
+                    next_ids[in_prefix] = prefix_table[prefix_kind[rows], prefix_pos[rows]]
+                if in_answer is not None:
+                    rows = active[in_answer]
+                    lg = logits[in_answer]
+                    if answer_greedy:
+                        tok = lg.argmax(-1)
+                        tok_logp = categorical_log_prob(lg, tok, cfg.answer_temperature)
+                    else:
+                        tok, tok_logp = sample_tempered(lg, cfg.answer_temperature, generator)
+                    next_ids[in_answer] = tok
+                    logp[rows, t] = tok_logp
+                    answer_mask[rows, t] = True
+                # Hard tokens (prefix, answer, padding of done rows) are embedded; CoT rows keep their input.
+                next_emb = embed(next_ids)
+                if in_cot is not None:
+                    next_emb[in_cot] = cot_emb
+            live = (st != DONE).long() if n_in[DONE] else ones[:n]
             ids[active, t] = next_ids
-            gen_attn[active, t] = live.long()
+            gen_attn[active, t] = live
 
             # Transitions. CoT: stop string on the (shadow) text, EOS, or the length limit.
-            if len(in_cot):
+            changed = in_prefix is not None or in_answer is not None
+            if in_cot is not None:
                 rows = active[in_cot]
-                cot_len[rows] += 1
-                tok = next_ids[in_cot]
-                stop = torch.zeros(len(rows), dtype=torch.bool, device=device)
-                cand = tab.may_stop[tok].nonzero().squeeze(-1)
-                if len(cand):
-                    stop[cand] = self._stops(rows[cand], ids, cot_len, t, tab.stop_window)
-                limit = ~stop & ((cot_len[rows] >= cfg.max_cot_tokens) | (tok == eos))
-                clipped[rows] = limit & (cot_len[rows] >= cfg.max_cot_tokens)
-                ended = stop | limit
-                state[rows[ended]] = PREFIX
-                prefix_kind[rows] = limit.long()
-            if len(in_prefix):
+                tok = step.ids
+                at_limit = t + 1 >= cfg.max_cot_tokens
+                if at_limit or len(tab.may_end[tok].nonzero()):
+                    stop = torch.zeros(len(rows), dtype=torch.bool, device=device)
+                    cand = tab.may_stop[tok].nonzero().squeeze(-1)
+                    if len(cand):
+                        stop[cand] = self._stops(rows[cand], ids, t + 1, t, tab.stop_window)
+                    limit = ~stop if at_limit else ~stop & (tok == eos)
+                    if at_limit:
+                        clipped[rows] = limit
+                    ended = stop | limit
+                    left = rows[ended]
+                    state[left] = PREFIX
+                    cot_len[left] = t + 1
+                    prefix_kind[left] = limit[ended].long()
+                    changed = True
+            if in_prefix is not None:
                 rows = active[in_prefix]
                 prefix_pos[rows] += 1
                 state[rows[prefix_pos[rows] >= prefix_len[prefix_kind[rows]]]] = ANSWER
-            if len(in_answer):
+            if in_answer is not None:
                 rows = active[in_answer]
                 tok = next_ids[in_answer]
                 ans_len[rows] += 1
@@ -253,10 +288,11 @@ class RolloutEngine:
                 done = (depth[rows] < 0) | (tok == eos) | (ans_len[rows] >= cfg.answer_max_tokens)
                 state[rows[done]] = DONE
 
-            if bool((state == DONE).all()):
+            if changed:  # rows that left the running batch are all done
+                n_in = torch.bincount(state[active], minlength=4).tolist()
+            if n_in[DONE] == n:
                 break
-            attn = torch.cat([attn, live.long().unsqueeze(1)], dim=1)
-            pos = (prompt_pos[active] + t).unsqueeze(1)
+            attn = torch.cat([attn, live.unsqueeze(1)], dim=1)
             out = model(
                 inputs_embeds=next_emb.unsqueeze(1),
                 attention_mask=attn,
@@ -265,12 +301,13 @@ class RolloutEngine:
                 use_cache=True,
             )
             logits = out.logits[:, -1]
+            pos = pos + 1
             # Drop rows that are done from the running batch (and its KV cache) when enough of them are.
-            keep = state[active] != DONE
-            if (~keep).float().mean() >= cfg.compact_fraction:
-                idx = keep.nonzero().squeeze(-1)
+            if n_in[DONE] and n_in[DONE] / n >= cfg.compact_fraction:
+                idx = (state[active] != DONE).nonzero().squeeze(-1)
                 cache.batch_select_indices(idx)
-                active, attn, logits = active[idx], attn[idx], logits[idx]
+                active, attn, logits, pos = active[idx], attn[idx], logits[idx], pos[idx]
+                n_in[DONE] = 0
 
         S_used = int(gen_attn.sum(0).nonzero().max()) + 1 if bool(gen_attn.any()) else 0
         ids_all = torch.cat([prompt_ids, ids[:, :S_used]], dim=1)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TokenRepresenter, categorical_log_prob, k3_kl
+from soft_tokens.representers.base import (
+    Step,
+    TokenRepresenter,
+    categorical_log_prob,
+    k3_kl,
+    sample_tempered,
+)
 
 
 class HardRepresenter(TokenRepresenter):
@@ -16,10 +22,9 @@ class HardRepresenter(TokenRepresenter):
     def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
         if self.greedy:
             ids = logits.argmax(-1)
+            logp = categorical_log_prob(logits, ids, self.temperature)
         else:
-            probs = torch.softmax(logits.float() / self.temperature, dim=-1)
-            ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        logp = categorical_log_prob(logits, ids, self.temperature)
+            ids, logp = sample_tempered(logits, self.temperature, generator)
         return Step(embeds=embedding[ids], ids=ids, logp=logp)
 
     def log_prob(self, logits: Tensor, fed: Tensor | None, ids: Tensor, embedding: Tensor) -> Tensor:

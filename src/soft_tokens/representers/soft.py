@@ -15,9 +15,39 @@ from torch import Tensor
 from soft_tokens.representers.base import Step, TokenRepresenter
 
 
-def embedding_rms(embedding: Tensor) -> Tensor:
-    """RMS over all entries of the embedding matrix, sqrt(mean(E**2)), in float32 and detached."""
-    return embedding.detach().float().pow(2).mean().sqrt()
+def embedding_rms(embedding: Tensor, block: int = 1 << 22) -> Tensor:
+    """RMS over all entries of the embedding matrix, sqrt(mean(E**2)), in float32 and detached.
+
+    Summed `block` entries at a time (float32 squares, float64 running total), so that neither a float32
+    copy of E nor its squares are ever whole in memory: for a 150k x 2k matrix either is a 1.2 GB temporary.
+    """
+    flat = embedding.detach().reshape(-1)
+    total = torch.zeros((), dtype=torch.float64, device=flat.device)
+    for part in flat.split(block):
+        total += part.float().pow(2).sum()
+    return (total / max(flat.numel(), 1)).sqrt().float()
+
+
+def _sparse_mixture(
+    probs: Tensor, embedding: Tensor, max_density: float = 1 / 64, min_vocab: int = 8192
+) -> Tensor | None:
+    """probs @ E summed over the nonzero probabilities only, or None when more than `max_density` of them
+    are nonzero or the vocabulary is under `min_vocab` (then the dense matmul is cheaper).
+
+    At a small temperature (fuzzy tokens, tau = 1e-4) the float32 softmax is exactly zero outside one or a
+    few tokens, and the dense [N, V] x [V, d] matmul reads all of E to add zeros: this reads a few rows of it.
+    The terms that are dropped are exact zeros, so the sum is the same (to the rounding of the summation
+    order when several probabilities are nonzero; bit for bit when one is). Used without gradients (decoding).
+    """
+    flat = probs.reshape(-1, probs.shape[-1])
+    if flat.shape[-1] < min_vocab or int(torch.count_nonzero(flat)) > max_density * flat.numel():
+        return None
+    rows, cols = flat.nonzero(as_tuple=True)
+    # As the matmul does: probabilities rounded to E's dtype, products summed in float32, result in E's dtype.
+    terms = flat[rows, cols].to(embedding.dtype).float().unsqueeze(-1) * embedding[cols].float()
+    out = torch.zeros((flat.shape[0], embedding.shape[-1]), dtype=torch.float32, device=embedding.device)
+    out = out.index_add_(0, rows, terms).to(embedding.dtype)
+    return out.reshape(*probs.shape[:-1], embedding.shape[-1])
 
 
 class SoftRepresenter(TokenRepresenter):
@@ -52,8 +82,13 @@ class SoftRepresenter(TokenRepresenter):
         self.sigma(embedding)
 
     def mixture(self, logits: Tensor, embedding: Tensor) -> Tensor:
-        """h = softmax(logits / tau) @ E: one matmul in E's dtype, softmax in float32."""
+        """h = softmax(logits / tau) @ E: one matmul in E's dtype, softmax in float32 (without gradients, a sum
+        over the rows of E whose probability is nonzero when nearly all are exactly zero, as at fuzzy's tau)."""
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        if not (torch.is_grad_enabled() and (logits.requires_grad or embedding.requires_grad)):
+            sparse = _sparse_mixture(probs, embedding)
+            if sparse is not None:
+                return sparse
         return probs.to(embedding.dtype) @ embedding
 
     def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
