@@ -1,0 +1,337 @@
+"""Rollout throughput: our RolloutEngine (hard, soft, fuzzy; sampled) against Hugging Face `model.generate`.
+
+Same model, batch, prompts and number of generated tokens for every variant, in one process:
+- `generate`: `model.generate(do_sample=True, top_k=0, top_p=1, temperature=1)`, EOS disabled, exactly
+  `n` new tokens;
+- ours: `RolloutEngine.generate` with `max_cot_tokens=L`, a stop string that never matches (it ends with
+  ':' like the real one, so stop detection still runs) and no EOS, so every row feeds its L CoT tokens, the
+  forced " The final answer is: \\boxed{" prefix and `answer_len` sampled answer tokens: the same `n`
+  tokens per row as generate.
+Each variant runs once untimed (at the first length), then `reps` times (`small_reps` for the small
+model) in rotated order, so that a slow spell of a shared machine falls on all variants alike; the median is
+reported, of this process's CPU time on CPU (see `--clock`). CoT lengths L and 4L show that the cost per token
+stays flat. A micro-benchmark times one decode step's parts at the realistic vocabulary: the model
+forward against `representer.step` (the soft mixture `softmax(logits / tau) @ E` is a [B, V] x [V, d]
+matmul, as large as the LM head).
+
+Models: (a) the embedded model `assets/embedded` (a tiny random Llama when it is absent); (b) Qwen2.5-0.5B's
+shape (vocab 151,936, hidden 896, 14 heads, 2 KV heads, intermediate 4864, tied embeddings) with random
+weights and fewer layers.
+
+    python bench/rollout.py                 # CPU defaults, a few minutes
+    python bench/rollout.py --tiny          # smoke run, seconds
+    python bench/rollout.py --device cuda --dtype bfloat16 --layers 24 --batch 64 --cot-len 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+from _common import (
+    NEVER_STOP,
+    PROMPTS,
+    QWEN_0_5B,
+    add_common_args,
+    describe,
+    interleaved,
+    machine,
+    markdown_table,
+    qwen_shaped,
+    setup,
+    small_model,
+    sync,
+    without_eos,
+    write_results,
+)
+from transformers import DynamicCache
+
+from soft_tokens.representers import HardRepresenter, SoftRepresenter
+from soft_tokens.rollout import RolloutConfig, RolloutEngine, encode_prompts
+
+REPRESENTERS = {
+    "hard": lambda: HardRepresenter(temperature=1.0),
+    "soft": lambda: SoftRepresenter(temperature=0.5, gamma=0.33),
+    "fuzzy": lambda: SoftRepresenter(temperature=1e-4, gamma=0.33, name="fuzzy"),
+}
+COLUMNS = [
+    "model",
+    "L",
+    "variant",
+    "tokens",
+    "median_s",
+    "wall_s",
+    "ms_per_token",
+    "tok_per_s",
+    "vs_generate",
+    "vs_hard",
+]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--models", default="small,qwen", help="comma list of: small (embedded), qwen")
+    p.add_argument("--batch", type=int, default=None, help="rows per rollout (default 8; tiny 2)")
+    p.add_argument("--cot-len", type=int, default=None, help="L for the small model (default 64)")
+    p.add_argument("--qwen-cot-len", type=int, default=None, help="L for the Qwen-shaped model (default 16)")
+    p.add_argument("--long-factor", type=int, default=4, help="the long run's CoT is this times L")
+    p.add_argument("--small-reps", type=int, default=None, help="repetitions for the small model (default 9)")
+    p.add_argument("--answer-len", type=int, default=1, help="sampled answer tokens after the prefix")
+    p.add_argument("--static-cache", action="store_true", help="generate: cache_implementation='static'")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model forward (all variants)")
+    p.add_argument("--compile-backend", default="inductor")
+    p.add_argument("--no-micro", action="store_true", help="skip the decode-step micro-benchmark")
+    args = p.parse_args(argv)
+    tiny = args.tiny
+    args.batch = args.batch or (2 if tiny else 8)
+    args.cot_len = args.cot_len or (4 if tiny else 64)
+    args.qwen_cot_len = args.qwen_cot_len or (4 if tiny else 16)
+    args.layers = args.layers or (1 if tiny else 2)
+    args.vocab = args.vocab or (2048 if tiny else 151_936)
+    args.reps = args.reps or (1 if tiny else 3)
+    args.small_reps = args.small_reps or (
+        1 if tiny else 9
+    )  # its runs take a second: more of them, less noise
+    return args
+
+
+def maybe_compile(model, args: argparse.Namespace):
+    """torch.compile the forward (dynamic shapes: the KV cache grows and done rows leave the batch)."""
+    if args.compile:
+        model.forward = torch.compile(model.forward, dynamic=True, backend=args.compile_backend)
+    return model
+
+
+def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device) -> tuple[list[dict], dict]:
+    """Time generate and the three rollouts at CoT lengths L0 and long_factor * L0."""
+    prompts = (PROMPTS * (args.batch // len(PROMPTS) + 1))[: args.batch]
+    ids, mask = encode_prompts(tokenizer, prompts, device)
+    P = ids.shape[1]
+    engine_tok = without_eos(tokenizer)
+    pad = tokenizer.pad_token_id
+    rows, medians = [], {}
+    for L in (L0, args.long_factor * L0):
+        cfg = RolloutConfig(max_cot_tokens=L, answer_max_tokens=args.answer_len, stop_string=NEVER_STOP)
+        engine = RolloutEngine(engine_tok, cfg)
+        engine.tables(
+            model.get_input_embeddings().weight.shape[0], device
+        )  # per-vocabulary tables, built once
+        n_new = L + len(tokenizer.encode(cfg.limit_prefix, add_special_tokens=False)) + args.answer_len
+        gen_kwargs: dict[str, Any] = dict(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,
+            eos_token_id=None,
+            pad_token_id=pad,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+        )
+        if args.static_cache:
+            gen_kwargs["cache_implementation"] = "static"
+
+        def run_generate(kw=gen_kwargs):
+            return model.generate(**kw)
+
+        fns = {"generate": run_generate}
+        for name, make in REPRESENTERS.items():
+            rep = make()
+
+            def run(rep=rep, engine=engine):
+                g = torch.Generator(device).manual_seed(args.seed)
+                return engine.generate(model, prompts, rep, generator=g)
+
+            fns[name] = run
+        # Warm-up at the first length only: the process is warm for the longer one.
+        res = interleaved(fns, reps, args.warmup if L == L0 else 0, device, args.clock)
+        tokens = {"generate": int(res["generate"]["out"][:, P:].numel())}
+        for name in REPRESENTERS:
+            tokens[name] = res[name]["out"].num_tokens
+        tps = {n: tokens[n] / res[n]["median"] for n in fns}
+        for n in fns:
+            medians[(n, L)] = res[n]["median"]
+            rows.append(
+                {
+                    "model": label,
+                    "L": L,
+                    "variant": n,
+                    "tokens": tokens[n],
+                    "median_s": res[n]["median"],
+                    "wall_s": res[n]["median_wall"],
+                    "times_s": [round(t, 4) for t in res[n][args.clock]],
+                    "ms_per_token": 1e3 * res[n]["median"] / tokens[n],
+                    "tok_per_s": tps[n],
+                    "vs_generate": tps[n] / tps["generate"],
+                    "vs_hard": tps[n] / tps["hard"] if n != "generate" else None,
+                }
+            )
+        if len(set(tokens.values())) != 1:
+            print(f"warning: {label} L={L}: generated token counts differ: {tokens}")
+        print(markdown_table(rows[-len(fns) :], COLUMNS), flush=True)
+    return rows, medians
+
+
+@torch.no_grad()
+def micro_step(model, args, device, context: int = 64) -> list[dict]:
+    """One decode step's parts at batch B: model forward (KV cache of `context` tokens) vs representer.step."""
+    B = args.batch
+    E = model.get_input_embeddings().weight
+    V, d = E.shape
+    cache = DynamicCache(config=model.config)
+    ids = torch.randint(3, 200, (B, context), device=device)
+    model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    x = E[torch.randint(3, 200, (B, 1), device=device)]
+    pos = torch.full((B, 1), context, device=device)
+
+    def forward():
+        out = model(inputs_embeds=x, position_ids=pos, cache=cache, use_cache=True)
+        cache.crop(-1)
+        return out.logits[:, -1]
+
+    logits = forward()
+    hidden = torch.randn(B, d, device=device, dtype=E.dtype)
+    head = model.get_output_embeddings()
+    fns = {"model forward (decode step)": forward, "  of which LM head": lambda: head(hidden)}
+    reps = {n: make() for n, make in REPRESENTERS.items()}
+    g = torch.Generator(device).manual_seed(0)
+    for n, rep in reps.items():
+        fns[f"{n}.step"] = lambda rep=rep: rep.step(logits, E, g)
+    fns["soft.mixture only"] = lambda: reps["soft"].mixture(logits, E)
+    fns["entropy (logged each CoT step)"] = lambda: reps["hard"].entropy(logits)
+    res = interleaved(fns, max(args.reps, 3) * 2, max(args.warmup, 1), device, args.clock)
+    fwd = res["model forward (decode step)"]["median"]
+    head_t = res["  of which LM head"]["median"]
+    layers = model.config.num_hidden_layers
+    per_layer = max(fwd - head_t, 0.0) / layers
+    full_depth = QWEN_0_5B["num_hidden_layers"]
+    fwd_full = head_t + full_depth * per_layer
+    rows = []
+    for n, r in res.items():
+        t = r["median"]
+        row = {"part": n, "ms": t * 1e3}
+        if n.endswith(".step") or n.startswith("soft.mixture"):
+            row["share_of_step"] = t / (fwd + t)
+            row[f"share_at_{full_depth}_layers_est"] = t / (fwd_full + t)
+        rows.append(row)
+    rows.append({"part": f"est. forward at {full_depth} layers", "ms": fwd_full * 1e3})
+    return rows
+
+
+def targets(rows: list[dict], medians: dict[str, dict], long_factor: int) -> list[dict]:
+    out = []
+    for label in dict.fromkeys(r["model"] for r in rows):
+        for r in (r for r in rows if r["model"] == label):
+            if r["variant"] == "hard":
+                out.append(
+                    {
+                        "model": label,
+                        "target": f"hard rollout >= 1.0x generate tok/s (L={r['L']})",
+                        "value": r["vs_generate"],
+                        "holds": r["vs_generate"] >= 1.0,
+                    }
+                )
+            if r["variant"] in ("soft", "fuzzy"):
+                out.append(
+                    {
+                        "model": label,
+                        "target": f"{r['variant']} rollout >= 0.9x hard tok/s (L={r['L']})",
+                        "value": r["vs_hard"],
+                        "holds": r["vs_hard"] >= 0.9,
+                    }
+                )
+        med = medians[label]
+        L0 = min(L for _, L in med)
+        tokens = {(r["variant"], r["L"]): r["tokens"] for r in rows if r["model"] == label}
+        for v in ("generate", *REPRESENTERS):
+            ratio = med[(v, long_factor * L0)] / med[(v, L0)]
+            per_token = ratio * tokens[(v, L0)] / tokens[(v, long_factor * L0)]
+            out.append(
+                {
+                    "model": label,
+                    "target": f"{v}: time({long_factor}L) / time(L) <= 4.5 (L={L0})",
+                    "value": ratio,
+                    "per_token_cost_ratio": per_token,
+                    "holds": ratio <= 4.5 if v != "generate" else None,
+                }
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    device = setup(args)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    info = machine()
+    print(f"machine: {info}")
+    rows, medians, models, micro = [], {}, {}, []
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    for which in wanted:
+        if which == "small":
+            model, tok, label = small_model(dtype, device, args.seed)
+            L0, reps = args.cot_len, args.small_reps
+        elif which == "qwen":
+            model, tok = qwen_shaped(args.layers, args.vocab, dtype, device, args.seed)
+            label = f"Qwen2.5-0.5B shape, {args.layers} layers (random)"
+            L0, reps = args.qwen_cot_len, args.reps
+        else:
+            raise SystemExit(f"unknown model {which!r}: choose small or qwen")
+        models[label] = describe(model)
+        print(f"\n## {label}: {models[label]}", flush=True)
+        maybe_compile(model, args)
+        r, m = bench_lengths(label, model, tok, L0, reps, args, device)
+        rows += r
+        medians[label] = m
+        if which == "qwen" and not args.no_micro:
+            micro = micro_step(model, args, device)
+            print(markdown_table(micro, list(micro[0]) + [k for k in micro[2] if k not in micro[0]]))
+        del model
+        sync(device)
+    tgt = targets(rows, medians, args.long_factor)
+    md = render(info, args, models, rows, micro, tgt)
+    print("\n" + md)
+    payload = {"machine": info, "args": vars(args), "models": models, "rows": rows, "micro": micro}
+    payload["targets"] = tgt
+    if not args.no_write:
+        write_results(args.out, "rollout" + ("_tiny" if args.tiny else ""), payload, md)
+    return payload
+
+
+def render(info, args, models, rows, micro, tgt) -> str:
+    lines = [
+        "# Rollout throughput",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads),"
+        f" transformers {info['transformers']}{', GPU ' + info['gpu'] if 'gpu' in info else ''};"
+        f" load average at start {info['load_avg_1m_at_start']}.",
+        f"Device {args.device}, dtype {args.dtype}, batch {args.batch}, answer tokens {args.answer_len},"
+        f" median of {args.small_reps} (small model) / {args.reps} (Qwen shape) runs after {args.warmup} warm-up"
+        f" (at L only), clock: {args.clock}"
+        f"{', static cache (generate)' if args.static_cache else ''}{', torch.compile' if args.compile else ''}.",
+        "",
+        "Models: " + "; ".join(f"{k}: {v}" for k, v in models.items()),
+        "",
+        markdown_table(rows, COLUMNS),
+    ]
+    if micro:
+        cols = ["part", "ms"] + [k for r in micro for k in r if k not in ("part", "ms")]
+        cols = list(dict.fromkeys(cols))
+        lines += ["", f"One decode step at batch {args.batch} (Qwen shape):", "", markdown_table(micro, cols)]
+    lines += [
+        "",
+        "Targets (`per_token_cost_ratio`: time per generated token at the long CoT over that at L):",
+        "",
+        markdown_table(tgt, ["model", "target", "value", "per_token_cost_ratio", "holds"]),
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

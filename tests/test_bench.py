@@ -1,0 +1,84 @@
+"""The benchmark scripts run end to end at tiny shapes (`--tiny`) and write their results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from soft_tokens.representers.base import sample_categorical
+from soft_tokens.representers.soft import SoftRepresenter, _sparse_mixture
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, str(ROOT / "bench" / script), "--tiny", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_rollout_bench_tiny(tmp_path):
+    proc = run_bench("rollout.py", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "rollout_tiny.json").read_text())
+    assert (tmp_path / "rollout_tiny.md").read_text().startswith("# Rollout throughput")
+    variants = {(r["model"], r["L"], r["variant"]) for r in res["rows"]}
+    models = {m for m, _, _ in variants}
+    assert len(models) == 2 and len(variants) == 2 * 2 * 4  # 2 models x (L, 4L) x (generate + 3 rollouts)
+    for r in res["rows"]:
+        assert r["tok_per_s"] > 0
+    # Every variant generated the same number of tokens at a given model and length.
+    for m in models:
+        for L in {r["L"] for r in res["rows"] if r["model"] == m}:
+            assert len({r["tokens"] for r in res["rows"] if r["model"] == m and r["L"] == L}) == 1
+    assert any(r["part"].startswith("soft.mixture") for r in res["micro"])
+    assert res["targets"] and "Targets" in proc.stdout
+
+
+def test_train_step_bench_tiny(tmp_path):
+    run_bench("train_step.py", "--representers", "soft", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "train_step_tiny.json").read_text())
+    rows = {(r["representer"], r["impl"]): r for r in res["rows"]}
+    assert set(rows) == {("soft", "ours"), ("soft", "naive")}
+    for r in rows.values():
+        assert r["tok_per_s"] > 0 and r["step_peak_MB"] > 0 and r["fwd_peak_MB"] > 0
+        assert r["logp_max_rel_err"] < 1e-4  # ours and the naive version compute the same log-probs
+
+
+# The fast paths the benchmarks led to give what the plain computations give.
+
+
+def test_sample_categorical_draws_from_the_weights():
+    w = torch.tensor([0.2, 0.0, 1.2, 0.6])  # unnormalised; a zero weight is never drawn
+    ids = sample_categorical(w.expand(100_000, 4), torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=4).float() / len(ids)
+    assert freq[1] == 0
+    torch.testing.assert_close(freq, w / w.sum(), rtol=0, atol=0.01)
+    again = sample_categorical(w.expand(100_000, 4), torch.Generator().manual_seed(0))
+    assert torch.equal(ids, again)
+    with pytest.raises(ValueError):
+        sample_categorical(torch.tensor([[0.5, float("nan")]]))
+
+
+def test_sparse_mixture_equals_the_dense_matmul():
+    g = torch.Generator().manual_seed(0)
+    V = 20_000
+    E = torch.randn(V, 8, generator=g)
+    logits = 3 * torch.randn(5, V, generator=g)
+    p = torch.softmax(logits / 1e-4, dim=-1)  # fuzzy: one nonzero per row
+    assert torch.equal(_sparse_mixture(p, E), p @ E)
+    p = torch.zeros(4, V)
+    p[:, [3, 70, 9000]] = torch.tensor([0.5, 0.3, 0.2])  # several nonzeros
+    torch.testing.assert_close(_sparse_mixture(p, E), p @ E, rtol=1e-6, atol=1e-6)
+    assert _sparse_mixture(torch.softmax(logits, -1), E) is None  # dense: left to the matmul
+    # With gradients on, the mixture stays the dense matmul (differentiable in logits and E).
+    z = logits.clone().requires_grad_()
+    SoftRepresenter(temperature=1e-4).mixture(z, E).sum().backward()
+    assert z.grad is not None
