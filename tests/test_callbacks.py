@@ -7,9 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+from test_train import compose_train
 
 import train as train_script
 from callbacks.math_eval import MathEval
@@ -20,26 +19,6 @@ from soft_tokens.representers import HardRepresenter
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "ood"
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    from conftest import build_tiny_llama
-
-    path = tmp_path_factory.mktemp("tiny")
-    build_tiny_llama(len(tiny_tokenizer)).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
-def compose_train(overrides: list[str], out_dir: Path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-        del cfg.hydra
-    return cfg
 
 
 def test_callbacks_log_their_metrics_in_a_tiny_fit(tmp_path, tiny_model_dir):

@@ -28,16 +28,6 @@ CONF = str(ROOT / "conf")
 TINY = ["max_examples=3", "rollout.max_cot_tokens=8", "rollout.answer_max_tokens=6", "progress=false"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    from conftest import build_tiny_llama
-
-    path = tmp_path_factory.mktemp("tiny")
-    build_tiny_llama(len(tiny_tokenizer)).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 def compose_cfg(name: str, overrides: list[str], out_dir: Path):
     """A composed config with its run folder set to out_dir (as Hydra would at run time)."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
