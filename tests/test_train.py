@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,20 @@ def test_train_smoke_writes_run_folder(tmp_path, tiny_model_dir):
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
-@pytest.mark.parametrize("rep,est", [("soft", "rloo"), ("fuzzy", "grpo")])
-def test_train_smoke_other_components(tmp_path, tiny_model_dir, rep, est):
+@pytest.mark.parametrize(
+    "rep,est,extra",
+    [
+        ("soft", "rloo", []),
+        ("fuzzy", "rloo", []),
+        ("hard", "grpo", []),
+        ("soft", "grpo", []),
+        ("fuzzy", "grpo", []),
+        # Several passes per rollout (clipped ratio) and a KL to the reference model.
+        ("soft", "grpo", ["estimator.num_iterations=2", "estimator.beta=0.04"]),
+        ("hard", "rloo", ["estimator.beta=0.04"]),
+    ],
+)
+def test_train_smoke_other_components(tmp_path, tiny_model_dir, rep, est, extra):
     cfg = compose_train(
         [
             "debug=fast",
@@ -51,11 +64,15 @@ def test_train_smoke_other_components(tmp_path, tiny_model_dir, rep, est):
             f"estimator={est}",
             "callbacks.rich_progress_bar=null",
             "logger=csv",
+            *extra,
         ],
         tmp_path,
     )
     metrics = train_script.train(cfg)
-    assert f"val/accuracy_{rep}" in metrics
+    assert rep == "hard" or f"val/accuracy_{rep}" in metrics
+    assert math.isfinite(metrics["train/loss"]) and "train/clip_ratio/region_mean" in metrics
+    if "estimator.beta=0.04" in extra:
+        assert metrics["train/kl"] >= 0
 
 
 def test_non_finite_loss_is_skipped_then_stops(tmp_path, tiny_model_dir, monkeypatch):
