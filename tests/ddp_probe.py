@@ -18,6 +18,8 @@ class RecordBatches(L.Callback):
         self.path.mkdir(parents=True, exist_ok=True)
         row = {"rank": trainer.global_rank, "step": trainer.global_step, "ids": batch["id"], "G": pl_module.G}
         row["world"] = trainer.world_size
+        # A checksum of the policy: equal on every rank iff gradients were synchronised.
+        row["param_sum"] = float(sum(p.detach().double().abs().sum() for p in pl_module.policy.parameters()))
         row["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         with open(self.path / f"batches.rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -1,4 +1,5 @@
-"""Multi-process training on CPU (2 ranks, gloo): whole prompt groups per rank, no duplicated prompts."""
+"""Multi-process training on CPU (2 ranks, gloo) of the embedded model: whole prompt groups per rank, no
+duplicated prompts, metrics reduced and weights identical across ranks."""
 
 from __future__ import annotations
 
@@ -8,17 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ddp_cpu_two_ranks_split_prompts_without_duplication(tmp_path, tiny_model_dir):
+def test_ddp_cpu_two_ranks_split_prompts_without_duplication(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
         "train.py",
         "trainer=ddp_cpu",
         "debug=fast",
-        f"model.name_or_path={tiny_model_dir}",
+        "module.optim.lr=1e-3",
+        "module.optim.warmup_steps=1",
+        "module.samples_per_prompt=4",
         "data.batch_size=4",
         "trainer.max_steps=2",
         "logger=csv",
@@ -42,8 +48,13 @@ def test_ddp_cpu_two_ranks_split_prompts_without_duplication(tmp_path, tiny_mode
         assert a["world"] == b["world"] == 2 and a["step"] == b["step"]
         # Each rank holds whole prompts (2 of the global 4, each with all G samples), none on both ranks.
         assert len(a["ids"]) == len(b["ids"]) == 2 and not set(a["ids"]) & set(b["ids"])
-        assert a["G"] == b["G"] == 2
+        assert a["G"] == b["G"] == 4
+        # The ranks trained on different prompts, yet hold the same weights: gradients are all-reduced.
+        assert a["param_sum"] == b["param_sum"]
         # Logged metrics are reduced across ranks, so both ranks report the same value.
         assert a["metrics"]["train/reward"] == b["metrics"]["train/reward"]
-        assert a["metrics"]["train/effective_batch"] == 8.0
+        assert a["metrics"]["train/effective_batch"] == 16.0
+    trained = load_file(run_dir / "policy" / "model.safetensors")
+    initial = load_file(ROOT / "assets" / "embedded" / "model.safetensors")
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial), "the policy did not change"
     assert (run_dir / "policy" / "model.safetensors").exists()
