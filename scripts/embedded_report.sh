@@ -11,9 +11,14 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/embedded_report}
 EVAL_ARGS=${EVAL_ARGS:-"max_examples=200 num_samples=4 batch_size=200"}
 mkdir -p "$OUT"
+# Hard tokens with the defaults; soft and fuzzy at lr 3e-5 with answers sampled at 1.0 (at the default
+# lr 1e-4 they collapse within 40 steps: see README "Results").
+declare -A EXTRA=([hard]="" [soft]="module.optim.lr=3e-5 sampling_temperature=1.0" \
+  [fuzzy]="module.optim.lr=3e-5 sampling_temperature=1.0")
 for rep in hard soft fuzzy; do
-  [ -f "$OUT/train_$rep/summary.json" ] || $PY train.py representer=$rep callbacks.rich_progress_bar=null \
-    hydra.run.dir="$OUT/train_$rep" "$@"
+  # shellcheck disable=SC2086
+  [ -f "$OUT/train_$rep/summary.json" ] || $PY train.py representer=$rep ${EXTRA[$rep]} \
+    callbacks.rich_progress_bar=null hydra.run.dir="$OUT/train_$rep" "$@"
 done
 $PY scripts/summarize_runs.py "$OUT"/train_{hard,soft,fuzzy} --out "$OUT/training_table.md"
 $PY evaluate.py name=base progress=false $EVAL_ARGS hydra.run.dir="$OUT/eval_base"
