@@ -25,6 +25,7 @@ def test_ddp_cpu_two_ranks_split_prompts_without_duplication(tmp_path):
         "module.optim.lr=1e-3",
         "module.optim.warmup_steps=1",
         "module.samples_per_prompt=4",
+        "sampling_temperature=1.0",
         "data.batch_size=4",
         "trainer.max_steps=2",
         "logger=csv",

@@ -32,7 +32,7 @@ def overrides() -> list[str]:
     return [
         "debug=fast", "trainer.max_steps=4", "callbacks.math_eval.every_n_steps=2", "data.batch_size=4",
         "module.samples_per_prompt=4", "callbacks.rich_progress_bar=null", "logger=csv", "module.optim.lr=1e-3",
-        "module.optim.warmup_steps=1",
+        "module.optim.warmup_steps=1", "sampling_temperature=1.0",
     ]  # fmt: skip
 
 
