@@ -21,18 +21,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from soft_tokens.representers import HardRepresenter, SoftRepresenter
+from soft_tokens.tiny import tiny_llama, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "assets" / "embedded"
@@ -53,20 +53,19 @@ QWEN_0_5B = dict(
     max_position_embeddings=32_768,
 )
 
-CORPUS = [
-    "User: Ann has 7 apples. She gets 5 more. How many apples does Ann have now? Assistant:"
-    " 7 + 5 = 12. The final answer is: \\boxed{12}",
-    "User: Bob has 9 pens. He gives away 3. How many pens does Bob have now? Assistant:"
-    " 9 - 3 = 6. The final answer is: \\boxed{6}",
-    "\\frac{1}{2} {} {{ }} x y z 0 1 2 3 4 5 6 7 8 9 + - = . , : ?",
-]
-
 PROMPTS = [  # short prompts first: the training-step benchmark takes the first B of them
     "User: What is 12 + 30? Assistant:",
     "User: Compute 6 * 7 - 5. Assistant:",
     "User: Ann has 7 apples. She gets 5 more. How many apples does Ann have now? Assistant:",
     "User: Bob has 9 pens. He gives away 3. How many pens are left? Assistant:",
 ]
+
+# The paper's three CoT representations at their default temperatures and noise.
+REPRESENTERS = {
+    "hard": lambda: HardRepresenter(temperature=1.0),
+    "soft": lambda: SoftRepresenter(temperature=0.5, gamma=0.33),
+    "fuzzy": lambda: SoftRepresenter(temperature=1e-4, gamma=0.33, name="fuzzy"),
+}
 
 # Ends with ':' like the real stop string, so stop detection does its usual work, but a NUL never appears.
 NEVER_STOP = "\x00 The final answer is:"
@@ -109,30 +108,8 @@ def setup(args: argparse.Namespace) -> torch.device:
 
 
 def build_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (one token per digit) with bos/eos/pad, trained on a few lines.
-
-    Any tokenizer works for a model with random weights: ids only need to be below the model's vocabulary.
-    Ids the tokenizer does not know decode to nothing.
-    """
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|pad|>", "<|bos|>", "<|eos|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 20, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|bos|>",
-        eos_token="<|eos|>",
-        pad_token="<|pad|>",
-        padding_side="left",
-    )
+    """The tiny byte-level BPE tokenizer of soft_tokens.tiny (any tokenizer works with random weights)."""
+    return tiny_tokenizer(vocab_size)
 
 
 def without_eos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -151,25 +128,13 @@ def qwen_shaped(layers: int, vocab: int, dtype: torch.dtype, device: torch.devic
     return model, build_tokenizer()
 
 
-def tiny_llama(dtype: torch.dtype, device: torch.device, seed: int = 0, hidden: int = 64, layers: int = 2):
+def tiny_llama_pair(
+    dtype: torch.dtype, device: torch.device, seed: int = 0, hidden: int = 64, layers: int = 2
+):
     """The test suite's tiny Llama shape (random weights) with the tiny tokenizer."""
     tok = build_tokenizer()
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    model = LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
-    return model, tok
+    model = tiny_llama(len(tok), seed=seed, hidden=hidden, layers=layers, max_positions=2048)
+    return model.to(device=device, dtype=dtype), tok
 
 
 def small_model(dtype: torch.dtype, device: torch.device, seed: int = 0):
@@ -181,7 +146,7 @@ def small_model(dtype: torch.dtype, device: torch.device, seed: int = 0):
             tok.pad_token = tok.eos_token
         model = AutoModelForCausalLM.from_pretrained(EMBEDDED, dtype=dtype).to(device).eval()
         return model, tok, "embedded (assets/embedded)"
-    model, tok = tiny_llama(dtype, device, seed)
+    model, tok = tiny_llama_pair(dtype, device, seed)
     return model, tok, "tiny Llama (random, d=64, 2 layers)"
 
 

@@ -37,6 +37,7 @@ from _common import (
     NEVER_STOP,
     PROMPTS,
     QWEN_0_5B,
+    REPRESENTERS,
     add_common_args,
     describe,
     interleaved,
@@ -51,14 +52,8 @@ from _common import (
 )
 from transformers import DynamicCache
 
-from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine, encode_prompts
 
-REPRESENTERS = {
-    "hard": lambda: HardRepresenter(temperature=1.0),
-    "soft": lambda: SoftRepresenter(temperature=0.5, gamma=0.33),
-    "fuzzy": lambda: SoftRepresenter(temperature=1e-4, gamma=0.33, name="fuzzy"),
-}
 COLUMNS = [
     "model",
     "L",

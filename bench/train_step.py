@@ -41,6 +41,7 @@ import torch
 from _common import (
     NEVER_STOP,
     PROMPTS,
+    REPRESENTERS,
     add_common_args,
     describe,
     interleaved,
@@ -54,14 +55,8 @@ from _common import (
 
 from soft_tokens.estimators import RLOO
 from soft_tokens.logprobs import input_embeds, rollout_log_probs
-from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rollout import Rollout, RolloutConfig, RolloutEngine
 
-REPRESENTERS = {
-    "hard": lambda: HardRepresenter(temperature=1.0),
-    "soft": lambda: SoftRepresenter(temperature=0.5, gamma=0.33),
-    "fuzzy": lambda: SoftRepresenter(temperature=1e-4, gamma=0.33, name="fuzzy"),
-}
 IMPLS = ("ours", "naive")
 COLUMNS = [
     "representer",

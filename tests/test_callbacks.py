@@ -108,7 +108,7 @@ def _trainer(step: int):
 
 
 def test_ood_eval_uses_the_reference_model_as_base(tiny_tokenizer):
-    from conftest import build_tiny_llama
+    from soft_tokens.tiny import tiny_llama as build_tiny_llama
 
     policy, ref = build_tiny_llama(len(tiny_tokenizer), seed=1), build_tiny_llama(len(tiny_tokenizer), seed=2)
     cb = OODEval({"arc": {"format": "arc", "path": str(FIXTURES / "arc_tiny.jsonl")}}, every_n_steps=5)
