@@ -75,6 +75,32 @@ def test_callbacks_log_their_metrics_in_a_tiny_fit(tmp_path, tiny_model_dir):
         assert torch.equal(a, b), k
 
 
+def test_training_free_settings_run_in_math_eval_but_do_not_train(tmp_path, tiny_model_dir):
+    base = [
+        "debug=fast",
+        f"model.name_or_path={tiny_model_dir}",
+        "callbacks.rich_progress_bar=null",
+        "logger=csv",
+    ]
+    # A representer file as a validation setting, from the command line (Hydra's group@package syntax).
+    cfg = compose_train(
+        [
+            *base,
+            "trainer.max_steps=1",
+            "+representer@callbacks.math_eval.settings.soft_thinking.representer=soft_thinking",
+            "+representer@callbacks.math_eval.settings.moi.representer=mixture_of_inputs",
+        ],
+        tmp_path / "a",
+    )
+    metrics = train_script.train(cfg)
+    assert 0.0 <= metrics["val/soft_thinking/pass@1"] <= 1.0 and 0.0 <= metrics["val/moi/pass@1"] <= 1.0
+    for choice in ("soft_thinking", "mixture_of_inputs"):
+        with pytest.raises(
+            ValueError, match=f"{choice}.*training-free.*representer=hard, soft, fuzzy or gumbel"
+        ):
+            train_script.train(compose_train([*base, f"representer={choice}"], tmp_path / choice))
+
+
 def test_math_eval_settings_validation():
     s = build_setting("x", {"representer": HardRepresenter(greedy=False), "num_samples": 8})
     assert s.k_values == [1, 2, 4, 8] and s.setting.num_samples == 8

@@ -39,21 +39,32 @@ def compose_cfg(name: str, overrides: list[str], out_dir: Path):
     return cfg
 
 
-def test_config_has_the_six_paper_settings():
+SETTINGS = [
+    "hard_greedy",
+    "hard_sample",
+    "soft_greedy",
+    "soft_sample",
+    "fuzzy_greedy",
+    "fuzzy_sample",
+    "gumbel_greedy",
+    "gumbel_sample",
+    "soft_thinking_greedy",
+    "moi_greedy",
+    "moi_sample",
+]
+
+
+def test_config_has_the_paper_settings_and_the_related_methods():
     cfg = compose_cfg("evaluate", [], Path("unused"))
-    assert list(cfg.settings) == [
-        "hard_greedy",
-        "hard_sample",
-        "soft_greedy",
-        "soft_sample",
-        "fuzzy_greedy",
-        "fuzzy_sample",
-    ]
+    assert list(cfg.settings) == SETTINGS
     reps = {k: v.representer for k, v in cfg.settings.items()}
     assert reps["hard_greedy"].greedy and not reps["hard_sample"].greedy
     assert reps["soft_sample"].temperature == 0.5 and reps["fuzzy_sample"].temperature == 1e-4
     assert reps["soft_sample"].gamma == 0.33 and cfg.settings.soft_greedy.num_samples == 1
     assert cfg.settings.fuzzy_sample.num_samples == cfg.num_samples
+    assert (reps["gumbel_sample"].temperature, reps["gumbel_sample"].top_k) == (0.1, 10)
+    assert reps["gumbel_greedy"].greedy and reps["soft_thinking_greedy"].top_k == 10
+    assert reps["moi_sample"].beta == 1.0 and not reps["moi_sample"].greedy and reps["moi_greedy"].greedy
     assert cfg.prompt.template == "compact" and cfg.split == "test"
 
 
@@ -65,14 +76,7 @@ def test_evaluate_writes_tables_and_plots(tmp_path, tiny_model_dir):
     res = evaluate(cfg)
     for f in ("results.json", "results.csv", "results.md", "pass_at_k.png", "cot_entropy.png", "config.yaml"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
-    assert [s.name for s in res.settings] == [
-        "hard_greedy",
-        "hard_sample",
-        "soft_greedy",
-        "soft_sample",
-        "fuzzy_greedy",
-        "fuzzy_sample",
-    ]
+    assert [s.name for s in res.settings] == SETTINGS
     by_name = {s.name: s for s in res.settings}
     assert set(by_name["hard_greedy"].pass_at_k) == {1} and set(by_name["soft_sample"].pass_at_k) == {1, 2}
     assert all(s.n_problems == 3 for s in res.settings) and res.n_problems == 3
@@ -85,10 +89,9 @@ def test_evaluate_writes_tables_and_plots(tmp_path, tiny_model_dir):
     md = (out / "results.md").read_text()
     assert "| hard_greedy | greedy | 1 | 3 |" in md and "pass@2 (%)" in md
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert (
-        csv_lines[0].startswith("setting,decoding,num_samples,n_problems,pass@1,pass@2")
-        and len(csv_lines) == 7
-    )
+    assert csv_lines[0].startswith("setting,decoding,num_samples,n_problems,pass@1,pass@2") and len(
+        csv_lines
+    ) == 1 + len(SETTINGS)
     rows = [json.loads(line) for line in (out / "completions" / "soft_sample.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and len(rows[0]["completion"]) == 2
 

@@ -53,6 +53,8 @@ def test_train_smoke_writes_run_folder(tmp_path, tiny_model_dir):
         # Several passes per rollout (clipped ratio) and a KL to the reference model.
         ("soft", "grpo", ["estimator.num_iterations=2", "estimator.beta=0.04"]),
         ("hard", "rloo", ["estimator.beta=0.04"]),
+        ("gumbel", "rloo", []),
+        ("gumbel", "grpo", ["estimator.num_iterations=2", "estimator.beta=0.04"]),
     ],
 )
 def test_train_smoke_other_components(tmp_path, tiny_model_dir, rep, est, extra):

@@ -91,24 +91,29 @@ def rollout_log_probs(
         ref_head = ref_model.get_output_embeddings()
         E_ref = ref_model.get_input_embeddings().weight
 
-    def per_step(h: Tensor, cot: Tensor, tok: Tensor, x: Tensor, *ref: Tensor) -> Tensor:
+    keys = sorted(rollout.aux)  # the representer's stored per-step extras (e.g. Gumbel-softmax's)
+    aux_vals = [rollout.aux[k][rows, cols] for k in keys]
+
+    def per_step(h: Tensor, cot: Tensor, tok: Tensor, x: Tensor, *rest: Tensor) -> Tensor:
         """[c, 1] log-probs, or [c, 2] log-probs and KL when a reference hidden state is given."""
         logits = lm_head(h)
         fed_x = x if representer.continuous else None
+        aux = dict(zip(keys, rest[: len(keys)])) or None
+        ref = rest[len(keys) :]
         logp = categorical_log_prob(logits, tok, answer_temperature)
         if bool(cot.any()):
-            logp = torch.where(cot, representer.log_prob(logits, fed_x, tok, E), logp)
+            logp = torch.where(cot, representer.log_prob(logits, fed_x, tok, E, aux), logp)
         if not ref:
             return logp.unsqueeze(-1)
         with torch.no_grad():
             ref_logits = ref_head(ref[0])
         kl = k3_kl(logp, categorical_log_prob(ref_logits, tok, answer_temperature))
         if bool(cot.any()):
-            kl = torch.where(cot, representer.kl(logits, ref_logits, fed_x, tok, E, E_ref), kl)
+            kl = torch.where(cot, representer.kl(logits, ref_logits, fed_x, tok, E, E_ref, aux), kl)
         return torch.stack([logp, kl], dim=-1)
 
     extra = (ref_hid,) if ref_hid is not None else ()
-    vals = _chunked(per_step, len(rows), chunk_size, hid, is_cot, ids, fed, *extra)
+    vals = _chunked(per_step, len(rows), chunk_size, hid, is_cot, ids, fed, *aux_vals, *extra)
     out = StepLogProbs(logp=_scatter(vals[:, 0], mask, rows, cols), mask=mask)
     if ref_hid is not None:
         out.kl = _scatter(vals[:, 1], mask, rows, cols)

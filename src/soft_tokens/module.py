@@ -74,6 +74,12 @@ class SoftTokensModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if not representer.trainable:
+            raise ValueError(
+                f"representer {representer.name!r} ({type(representer).__name__}) is a training-free inference "
+                "setting with no log-probability: train with representer=hard, soft, fuzzy or gumbel, and run "
+                "this one in evaluate.py or as a math_eval setting"
+            )
         self.automatic_optimization = False
         self.model_cfg = model
         self.representer = representer

@@ -7,8 +7,8 @@ Every row runs its own little state machine, all rows advancing one position per
 so each row's sequence is contiguous, `[left padding; prompt; CoT; prefix; answer; right padding]`, and the
 teacher-forced pass can replay it with the same attention mask and position ids. The CoT ends when the
 (shadow) text ends with the stop string, forcing " \\boxed{", or at `max_cot_tokens`, forcing
-" The final answer is: \\boxed{". The answer ends at the brace closing the box, at EOS, or after
-`answer_max_tokens`. Rows that are done are dropped from the batch (and from the KV cache) once they make
+" The final answer is: \\boxed{" (as does a representer's early stop, Soft Thinking's Cold Stop). The
+answer ends at the brace closing the box, at EOS, or after `answer_max_tokens`. Rows that are done are dropped from the batch (and from the KV cache) once they make
 up a large enough share of it.
 """
 
@@ -58,6 +58,8 @@ class Rollout:
     cot_texts: list[str] = field(default_factory=list)
     completions: list[str] = field(default_factory=list)  # prefix + answer text: what the reward reads
     seconds: float = 0.0
+    aux: dict[str, Tensor] = field(default_factory=dict)  # the representer's per-step extras, [N, S, ...]
+    early_stopped: Tensor | None = None  # [N] bool: the representer's entropy stop ended the CoT
 
     @property
     def gen_mask(self) -> Tensor:
@@ -72,6 +74,7 @@ class Rollout:
     def to(self, device: torch.device | str) -> Rollout:
         """A copy with every tensor on `device`."""
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        moved["aux"] = {k: v.to(device) for k, v in self.aux.items()}
         return Rollout(**moved)
 
 
@@ -175,6 +178,9 @@ class RolloutEngine:
         fed = (
             torch.zeros((N, S, E.shape[1]), dtype=E.dtype, device=device) if representer.continuous else None
         )
+        aux: dict[str, Tensor] = {}  # allocated at the first step that returns each entry
+        calm = torch.zeros(N, dtype=torch.long, device=device)  # consecutive confident CoT steps
+        early = torch.zeros(N, dtype=torch.bool, device=device)
 
         state = torch.full((N,), COT, device=device)
         cot_len = torch.zeros(N, dtype=torch.long, device=device)
@@ -227,6 +233,10 @@ class RolloutEngine:
                 cot_mask[rows, t] = True
                 if fed is not None:
                     fed[rows, t] = cot_emb
+                for key, val in (step.aux or {}).items():
+                    if key not in aux:
+                        aux[key] = torch.zeros((N, S, *val.shape[1:]), dtype=val.dtype, device=device)
+                    aux[key][rows, t] = val
             if n_in[COT] == n:
                 next_ids, next_emb = step.ids, cot_emb
             else:
@@ -261,14 +271,25 @@ class RolloutEngine:
                 rows = active[in_cot]
                 tok = step.ids
                 at_limit = t + 1 >= cfg.max_cot_tokens
-                if at_limit or len(tab.may_end[tok].nonzero()):
+                cold = None
+                if (
+                    step.confident is not None
+                ):  # the representer's early stop (e.g. Soft Thinking's Cold Stop)
+                    calm[rows] = torch.where(step.confident, calm[rows] + 1, 0)
+                    cold = calm[rows] >= representer.stop_patience
+                    cold = cold if bool(cold.any()) else None
+                if at_limit or cold is not None or len(tab.may_end[tok].nonzero()):
                     stop = torch.zeros(len(rows), dtype=torch.bool, device=device)
                     cand = tab.may_stop[tok].nonzero().squeeze(-1)
                     if len(cand):
                         stop[cand] = self._stops(rows[cand], ids, t + 1, t, tab.stop_window)
                     limit = ~stop if at_limit else ~stop & (tok == eos)
+                    if cold is not None:  # ends like the length limit: the full answer prefix is forced
+                        cold = cold & ~stop & ~limit
+                        early[rows] = cold
+                        limit = limit | cold
                     if at_limit:
-                        clipped[rows] = limit
+                        clipped[rows] = limit & ~cold if cold is not None else limit
                     ended = stop | limit
                     left = rows[ended]
                     state[left] = PREFIX
@@ -331,6 +352,8 @@ class RolloutEngine:
             cot_texts=cot_texts,
             completions=completions,
             seconds=time.perf_counter() - start,
+            aux={k: v[:, :S_used] for k, v in aux.items()},
+            early_stopped=early,
         )
 
     def _decode(self, ids: Tensor, cot_mask: Tensor, attn: Tensor) -> tuple[list[str], list[str]]:

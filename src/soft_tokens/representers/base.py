@@ -16,6 +16,8 @@ class Step:
     embeds: Tensor  # [N, d]
     ids: Tensor  # [N]
     logp: Tensor  # [N] log-probability of the fed input under the representer (float32)
+    aux: dict[str, Tensor] | None = None  # per-row tensors [N, ...] the rollout stores for `log_prob`
+    confident: Tensor | None = None  # [N] bool: the step counts toward an early stop of the CoT
 
 
 class TokenRepresenter:
@@ -23,10 +25,15 @@ class TokenRepresenter:
 
     Subclasses implement `step` (decode time, no gradient) and `log_prob` (teacher-forced, differentiable).
     `continuous` says whether the fed input differs from the embedding of the returned id, in which case the
-    rollout must store the fed embeddings to replay them.
+    rollout must store the fed embeddings to replay them. A step may return `aux` tensors (stored by the
+    rollout per CoT position and handed back to `log_prob` and `kl`) and a `confident` flag per row: a row
+    whose last `stop_patience` steps were all confident ends its CoT early. `trainable` is False for the
+    training-free inference settings, which have no log-probability.
     """
 
     continuous: bool = False
+    trainable: bool = True
+    stop_patience: int = 0
 
     def __init__(self, temperature: float = 1.0, greedy: bool = False, name: str | None = None) -> None:
         if temperature <= 0:
@@ -48,8 +55,16 @@ class TokenRepresenter:
         """Next input for each row from its last logits [N, V] and the input embedding matrix [V, d]."""
         raise NotImplementedError
 
-    def log_prob(self, logits: Tensor, fed: Tensor | None, ids: Tensor, embedding: Tensor) -> Tensor:
-        """Log-probability [...] of what was fed (ids [...], fed embeds [..., d]) under logits [..., V]."""
+    def log_prob(
+        self,
+        logits: Tensor,
+        fed: Tensor | None,
+        ids: Tensor,
+        embedding: Tensor,
+        aux: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Log-probability [...] of what was fed (ids [...], fed embeds [..., d], the step's aux [..., *])
+        under logits [..., V]."""
         raise NotImplementedError
 
     def kl(
@@ -60,6 +75,7 @@ class TokenRepresenter:
         ids: Tensor,
         embedding: Tensor,
         ref_embedding: Tensor,
+        aux: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """Per-step KL(policy || reference) estimate [...] at the fed inputs; used when beta > 0."""
         raise NotImplementedError
@@ -72,6 +88,41 @@ class TokenRepresenter:
     def __repr__(self) -> str:
         mode = "greedy" if self.greedy else "sample"
         return f"{type(self).__name__}(name={self.name!r}, temperature={self.temperature}, {mode})"
+
+
+class TrainingFreeRepresenter(TokenRepresenter):
+    """Base of the inference-only settings: a continuous input with no log-probability to train on."""
+
+    continuous = True
+    trainable = False
+
+    def _untrainable(self) -> NotImplementedError:
+        return NotImplementedError(
+            f"{self!r} is a training-free inference setting with no log-probability: train with "
+            "representer=hard, soft, fuzzy or gumbel, and use this one in evaluate.py or the math-eval callback"
+        )
+
+    def log_prob(
+        self,
+        logits: Tensor,
+        fed: Tensor | None,
+        ids: Tensor,
+        embedding: Tensor,
+        aux: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        raise self._untrainable()
+
+    def kl(
+        self,
+        logits: Tensor,
+        ref_logits: Tensor,
+        fed: Tensor | None,
+        ids: Tensor,
+        embedding: Tensor,
+        ref_embedding: Tensor,
+        aux: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        raise self._untrainable()
 
 
 def categorical_log_prob(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Tensor:
@@ -103,6 +154,12 @@ def sample_tempered(
     z = logits.float() / temperature
     ids = sample_categorical(torch.softmax(z, dim=-1), generator)
     return ids, z.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+
+
+def weighted_rows(weights: Tensor, ids: Tensor, embedding: Tensor) -> Tensor:
+    """sum_j weights[..., j] * E[ids[..., j]] [..., d]: a mixture over a few rows of E, summed in float32."""
+    rows = embedding[ids].float()  # [..., k, d]
+    return (weights.float().unsqueeze(-1) * rows).sum(-2).to(embedding.dtype)
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:

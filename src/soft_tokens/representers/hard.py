@@ -27,7 +27,14 @@ class HardRepresenter(TokenRepresenter):
             ids, logp = sample_tempered(logits, self.temperature, generator)
         return Step(embeds=embedding[ids], ids=ids, logp=logp)
 
-    def log_prob(self, logits: Tensor, fed: Tensor | None, ids: Tensor, embedding: Tensor) -> Tensor:
+    def log_prob(
+        self,
+        logits: Tensor,
+        fed: Tensor | None,
+        ids: Tensor,
+        embedding: Tensor,
+        aux: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         return categorical_log_prob(logits, ids, self.temperature)
 
     def kl(
@@ -38,6 +45,7 @@ class HardRepresenter(TokenRepresenter):
         ids: Tensor,
         embedding: Tensor,
         ref_embedding: Tensor,
+        aux: dict[str, Tensor] | None = None,
     ) -> Tensor:
         logp = categorical_log_prob(logits, ids, self.temperature)
         return k3_kl(logp, categorical_log_prob(ref_logits, ids, self.temperature).detach())

@@ -104,7 +104,14 @@ class SoftRepresenter(TokenRepresenter):
         logp = -0.5 * eps.pow(2).sum(-1) - 0.5 * d * math.log(2 * math.pi) - d * torch.log(sigma)
         return Step(embeds=fed, ids=ids, logp=logp)
 
-    def log_prob(self, logits: Tensor, fed: Tensor | None, ids: Tensor, embedding: Tensor) -> Tensor:
+    def log_prob(
+        self,
+        logits: Tensor,
+        fed: Tensor | None,
+        ids: Tensor,
+        embedding: Tensor,
+        aux: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         """Gaussian log-density of the fed input around the current mixture (PAPER.md, "Log-probability").
 
         log pi(h~ | past) = -|h~ - h|^2 / (2 sigma^2) - d/2 log(2 pi sigma^2). sigma is detached, so the
@@ -129,6 +136,7 @@ class SoftRepresenter(TokenRepresenter):
         ids: Tensor,
         embedding: Tensor,
         ref_embedding: Tensor,
+        aux: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """Exact KL between the two Gaussian input policies of one CoT step.
 

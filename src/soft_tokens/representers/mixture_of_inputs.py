@@ -1,0 +1,49 @@
+"""Mixture of Inputs (arXiv 2505.14827; PAPER.md, "Related methods"): training-free.
+
+A token y is sampled (argmax when greedy) as usual, and the next input blends its embedding with the
+distribution's mixture: the posterior mean of a Dirichlet prior alpha = H p (p = softmax(logits / T), H its
+entropy normalised by log V) updated by the observation y with pseudo-count beta + 1 - H,
+    w = (H p + (beta + 1 - H) onehot(y)) / (beta + 1),    input = w @ E
+      = H / (beta + 1) * (p @ E) + (beta + 1 - H) / (beta + 1) * E[y].
+beta = inf feeds E[y] exactly (ordinary decoding); beta = 0 with a uniform p feeds the pure mixture.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from soft_tokens.representers.base import Step, TrainingFreeRepresenter, categorical_log_prob, sample_tempered
+from soft_tokens.representers.soft_thinking import entropy_of
+
+
+class MixtureOfInputsRepresenter(TrainingFreeRepresenter):
+    """Feeds the entropy-weighted blend of E[y] (y sampled, or argmax when greedy) and softmax(z / T) @ E."""
+
+    def __init__(
+        self, temperature: float = 1.0, beta: float = 1.0, greedy: bool = False, name: str | None = None
+    ) -> None:
+        super().__init__(temperature=temperature, greedy=greedy, name=name or "mixture_of_inputs")
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0 (inf: the sampled token alone), got {beta}")
+        self.beta = float(beta)
+
+    def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
+        if self.greedy:
+            ids = logits.argmax(-1)
+            logp = categorical_log_prob(logits, ids, self.temperature)
+        else:
+            ids, logp = sample_tempered(logits, self.temperature, generator)
+        token = embedding[ids]
+        if math.isinf(self.beta):
+            return Step(embeds=token, ids=ids, logp=logp)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        h = (entropy_of(probs) / math.log(probs.shape[-1])).clamp(0.0, 1.0).unsqueeze(-1)
+        mix = (probs.to(embedding.dtype) @ embedding).float()
+        embeds = (h * mix + (self.beta + 1 - h) * token.float()) / (self.beta + 1)
+        return Step(embeds=embeds.to(embedding.dtype), ids=ids, logp=logp)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", beta={self.beta})"
