@@ -200,6 +200,17 @@ def micro_step(model, args, device, context: int = 64) -> list[dict]:
     for n, rep in reps.items():
         fns[f"{n}.step"] = lambda rep=rep: rep.step(logits, E, g)
     fns["soft.mixture only"] = lambda: reps["soft"].mixture(logits, E)
+
+    def two_pass(rep=reps["soft"]):
+        return rep.step(head(hidden), E, g)
+
+    def one_pass(rep=reps["soft"]):
+        lg, pre = rep.project(hidden, head, E)
+        return rep.step(lg, E, g, pre=pre)
+
+    fns["LM head + hard.step"] = lambda rep=reps["hard"]: rep.step(head(hidden), E, g)
+    fns["LM head + soft.step (two passes over E)"] = two_pass
+    fns["soft.project + soft.step (one pass over E)"] = one_pass
     fns["entropy (logged each CoT step)"] = lambda: reps["hard"].entropy(logits)
     res = interleaved(fns, max(args.reps, 3) * 2, max(args.warmup, 1), device, args.clock)
     fwd = res["model forward (decode step)"]["median"]

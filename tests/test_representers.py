@@ -369,3 +369,40 @@ def test_names():
 def test_invalid_settings_raise(make_rep):
     with pytest.raises(ValueError):
         make_rep()
+
+
+# --------------------------------------------------------------------------- soft: one pass for logits and mixture
+
+
+@pytest.mark.parametrize("scale,tau", [(1.0, 0.5), (50.0, 0.5), (1.0, 2.0)])
+def test_logits_and_mixture_equal_the_two_pass_computation(scale, tau):
+    g = gen(11)
+    hidden, E = scale * torch.randn(3, 16, generator=g), torch.randn(1000, 16, generator=g)
+    # 64-row blocks (the minimum): 16 blocks, the running max grows across them
+    logits, mix = soft_mod.logits_and_mixture(hidden, E, tau, block_bytes=1)
+    ref_logits = hidden @ E.T
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(mix, torch.softmax(ref_logits / tau, dim=-1) @ E, rtol=1e-5, atol=1e-6)
+
+
+def test_soft_project_fuses_only_a_tied_head_on_cpu_at_a_mixing_temperature():
+    E = torch.randn(V, D, generator=gen(12))
+    tied = torch.nn.Linear(D, V, bias=False)
+    tied.weight = torch.nn.Parameter(E)
+    untied = torch.nn.Linear(D, V, bias=False)
+    hidden = torch.randn(4, D, generator=gen(13))
+    logits, pre = SoftRepresenter(temperature=0.5).project(hidden, tied, E)
+    torch.testing.assert_close(pre, SoftRepresenter(temperature=0.5).mixture(logits, E), rtol=1e-5, atol=1e-6)
+    assert SoftRepresenter(temperature=0.5).project(hidden, untied, E)[1] is None
+    assert SoftRepresenter(temperature=1e-4).project(hidden, tied, E)[1] is None  # fuzzy: the sparse sum
+
+    class OwnMixture(SoftRepresenter):
+        def mixture(self, logits, embedding):
+            return super().mixture(logits, embedding) * 0
+
+    assert OwnMixture().project(hidden, tied, E)[1] is None
+    # the step uses what project made, and the same noise as without it
+    a = SoftRepresenter().step(logits, E, gen(1), pre=pre)
+    b = SoftRepresenter().step(logits, E, gen(1))
+    torch.testing.assert_close(a.embeds, b.embeds, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.logp, b.logp)

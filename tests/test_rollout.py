@@ -7,8 +7,9 @@ import torch
 from transformers import LlamaForCausalLM
 
 from soft_tokens.logprobs import rollout_log_probs
-from soft_tokens.representers import HardRepresenter, SoftRepresenter
+from soft_tokens.representers import HardRepresenter, SoftRepresenter, TokenRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine, encode_prompts
+from soft_tokens.tiny import tiny_llama
 
 PROMPTS = [
     "User: Ann has 7 apples. She gets 5 more. How many apples does Ann have now? Assistant:",
@@ -18,18 +19,36 @@ PROMPTS = [
 
 
 class ScriptedLM(LlamaForCausalLM):
-    """A tiny Llama whose next-token logits follow a script indexed by the predicted position."""
+    """A tiny Llama whose next-token logits follow a script indexed by the predicted position.
+
+    The rollout calls the decoder and the head apart: the decoder records the positions it was fed, and the
+    head overrides the logits of the rows whose next position is in the script.
+    """
 
     script: dict[int, int] = {}
+    _next: list[int] = []
 
-    def forward(self, *args, position_ids=None, **kwargs):
-        out = super().forward(*args, position_ids=position_ids, **kwargs)
-        nxt = position_ids[:, -1] + 1
-        for row, p in enumerate(nxt.tolist()):
-            if p in self.script:
-                out.logits[row, -1] = -1e4
-                out.logits[row, -1, self.script[p]] = 1e4
-        return out
+    def get_decoder(self):
+        decoder = super().get_decoder()
+
+        def run(*args, position_ids=None, **kwargs):
+            self._next = (position_ids[:, -1] + 1).tolist()
+            return decoder(*args, position_ids=position_ids, **kwargs)
+
+        return run
+
+    def get_output_embeddings(self):
+        head = super().get_output_embeddings()
+
+        def run(hidden):
+            logits = head(hidden)
+            for row, p in enumerate(self._next):
+                if p in self.script:
+                    logits[row] = -1e4
+                    logits[row, self.script[p]] = 1e4
+            return logits
+
+        return run
 
 
 def scripted(tiny_model, tokenizer, prompt: str, continuation: str) -> ScriptedLM:
@@ -163,3 +182,25 @@ def test_done_rows_are_dropped_without_changing_results(tiny_model, tiny_tokeniz
     assert int(a.cot_lengths.min()) < int(a.cot_lengths.max())
     assert torch.equal(a.ids, b.ids)
     assert torch.allclose(a.logp, b.logp, atol=1e-5)
+
+
+def test_soft_rollout_with_the_fused_head_matches_the_plain_head(tiny_tokenizer, monkeypatch):
+    model = tiny_llama(len(tiny_tokenizer), tied=True)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=10, answer_max_tokens=4))
+    calls = []
+    fused = SoftRepresenter.project
+
+    def spy(self, *args):
+        out = fused(self, *args)
+        calls.append(out[1] is not None)
+        return out
+
+    monkeypatch.setattr(SoftRepresenter, "project", spy)
+    a = engine.generate(model, PROMPTS, SoftRepresenter(), generator=torch.Generator().manual_seed(0))
+    assert calls and all(calls)  # every CoT step had its mixture from the fused pass
+    monkeypatch.setattr(SoftRepresenter, "project", TokenRepresenter.project)
+    b = engine.generate(model, PROMPTS, SoftRepresenter(), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.cot_mask, b.cot_mask)
+    torch.testing.assert_close(a.fed, b.fed, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.logp, b.logp)

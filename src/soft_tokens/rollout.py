@@ -161,6 +161,9 @@ class RolloutEngine:
         device = model.device
         embed = model.get_input_embeddings()
         E = embed.weight
+        # The decoder and the head are called apart so the representer can project the hidden states itself
+        # (soft tokens make their mixture in the same pass over E); logprobs.py makes the same split.
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
         vocab = E.shape[0]
         tab = self.tables(vocab, device)
         representer.prepare(E)
@@ -199,15 +202,14 @@ class RolloutEngine:
         cache = DynamicCache(config=model.config)
         active = torch.arange(N, device=device)  # rows of the full batch that are in the running batch
         position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)
-        out = model(
+        out = decoder(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=True,
-            logits_to_keep=1,
         )
-        logits = out.logits[:, -1]
+        logits, pre = representer.project(out.last_hidden_state[:, -1], head, E)
         attn = prompt_mask  # running batch's attention mask over the cache
         pos = prompt_pos.unsqueeze(1)  # [n, 1] position id of the input fed next, per running row
         ones = torch.ones(N, dtype=torch.long, device=device)
@@ -226,7 +228,10 @@ class RolloutEngine:
             if in_cot is not None:
                 rows = active[in_cot]
                 lg = logits[in_cot]
-                step = representer.step(lg, E, generator)
+                if pre is None:
+                    step = representer.step(lg, E, generator)
+                else:
+                    step = representer.step(lg, E, generator, pre=pre[in_cot])
                 cot_emb = step.embeds.to(E.dtype)
                 logp[rows, t] = step.logp.float()
                 entropy[rows, t] = representer.entropy(lg)
@@ -314,20 +319,22 @@ class RolloutEngine:
             if n_in[DONE] == n:
                 break
             attn = torch.cat([attn, live.unsqueeze(1)], dim=1)
-            out = model(
+            out = decoder(
                 inputs_embeds=next_emb.unsqueeze(1),
                 attention_mask=attn,
                 position_ids=pos,
                 cache=cache,
                 use_cache=True,
             )
-            logits = out.logits[:, -1]
+            hidden = out.last_hidden_state[:, -1]
+            logits, pre = representer.project(hidden, head, E) if n_in[COT] else (head(hidden), None)
             pos = pos + 1
             # Drop rows that are done from the running batch (and its KV cache) when enough of them are.
             if n_in[DONE] and n_in[DONE] / n >= cfg.compact_fraction:
                 idx = (state[active] != DONE).nonzero().squeeze(-1)
                 cache.batch_select_indices(idx)
                 active, attn, logits, pos = active[idx], attn[idx], logits[idx], pos[idx]
+                pre = pre[idx] if pre is not None else None
                 n_in[DONE] = 0
 
         S_used = int(gen_attn.sum(0).nonzero().max()) + 1 if bool(gen_attn.any()) else 0

@@ -43,9 +43,14 @@ def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
 
 
 def tiny_llama(
-    vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, max_positions: int = 512
+    vocab_size: int,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    max_positions: int = 512,
+    tied: bool = False,
 ) -> LlamaForCausalLM:
-    """A randomly initialised tiny Llama (float32, eval mode) with pad/bos/eos = 0/1/2."""
+    """A randomly initialised tiny Llama (float32, eval mode) with pad/bos/eos = 0/1/2; `tied`: the head is E."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab_size,
@@ -55,7 +60,7 @@ def tiny_llama(
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,

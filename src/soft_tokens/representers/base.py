@@ -51,6 +51,14 @@ class TokenRepresenter:
     def prepare(self, embedding: Tensor) -> None:
         """Called once at the start of every rollout with the current embedding matrix (for cached state)."""
 
+    def project(
+        self, hidden: Tensor, head: torch.nn.Module, embedding: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Next-token logits [N, V] from final hidden states [N, d], and an optional per-row result that the
+        rollout hands to `step(..., pre=)` (None here; soft tokens return their mixture, made in the same pass
+        over E as the logits)."""
+        return head(hidden), None
+
     def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
         """Next input for each row from its last logits [N, V] and the input embedding matrix [V, d]."""
         raise NotImplementedError

@@ -50,6 +50,36 @@ def _sparse_mixture(
     return out.reshape(*probs.shape[:-1], embedding.shape[-1])
 
 
+def logits_and_mixture(
+    hidden: Tensor, embedding: Tensor, temperature: float, block_bytes: int = 1 << 20
+) -> tuple[Tensor, Tensor]:
+    """(hidden @ E^T, softmax(hidden @ E^T / tau) @ E) for a head tied to E, in one pass over E's rows.
+
+    The online softmax of flash attention: each block of rows of E (about `block_bytes`, to stay in cache)
+    gives its logits and, read again while still cached, its share of the mixture; the running sum and
+    mixture are rescaled whenever the running max grows. Equal to the two-pass version up to rounding, and
+    on a CPU, where both [N, V] x [V, d] products are bound by reading E from memory, about as fast as the
+    logits alone. Without gradients (decoding).
+    """
+    n, d = hidden.shape
+    rows = max(64, block_bytes // (d * embedding.element_size()))
+    top = torch.full((n, 1), -torch.inf, device=hidden.device)
+    total = torch.zeros((n, 1), device=hidden.device)
+    acc = torch.zeros((n, d), device=hidden.device)
+    parts = []
+    for block in embedding.split(rows):
+        logits = hidden @ block.T
+        parts.append(logits)
+        z = logits.float() / temperature
+        new_top = torch.maximum(top, z.amax(-1, keepdim=True))
+        scale = torch.exp(top - new_top)
+        p = torch.exp(z - new_top)
+        total = total * scale + p.sum(-1, keepdim=True)
+        acc = acc * scale + (p.to(embedding.dtype) @ block).float()
+        top = new_top
+    return torch.cat(parts, dim=-1), (acc / total).to(embedding.dtype)
+
+
 class SoftRepresenter(TokenRepresenter):
     """Feeds h~ = softmax(logits / tau) @ E + sigma * eps over the full vocabulary; no noise when greedy.
 
@@ -81,6 +111,29 @@ class SoftRepresenter(TokenRepresenter):
         self._sigma_key = None
         self.sigma(embedding)
 
+    def project(
+        self, hidden: Tensor, head: torch.nn.Module, embedding: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits and, on CPU with a head tied to E, the mixture made in the same pass (`logits_and_mixture`).
+
+        Elsewhere the plain head: on a GPU a decode step is bound by kernel launches, not by reading E; at a
+        tiny temperature (fuzzy) the sparse sum after the head is cheaper; an untied head reads a second
+        matrix anyway; and a subclass with its own `mixture` must have it used.
+        """
+        weight = getattr(head, "weight", None)
+        fuse = (
+            hidden.device.type == "cpu"
+            and self.temperature > 1e-3
+            and type(self).mixture is SoftRepresenter.mixture
+            and getattr(head, "bias", None) is None
+            and weight is not None
+            and weight.shape == embedding.shape
+            and weight.data_ptr() == embedding.data_ptr()
+        )
+        if not fuse:
+            return super().project(hidden, head, embedding)
+        return logits_and_mixture(hidden, embedding, self.temperature)
+
     def mixture(self, logits: Tensor, embedding: Tensor) -> Tensor:
         """h = softmax(logits / tau) @ E: one matmul in E's dtype, softmax in float32 (without gradients, a sum
         over the rows of E whose probability is nonzero when nearly all are exactly zero, as at fuzzy's tau)."""
@@ -91,8 +144,15 @@ class SoftRepresenter(TokenRepresenter):
                 return sparse
         return probs.to(embedding.dtype) @ embedding
 
-    def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
-        h = self.mixture(logits, embedding)
+    def step(
+        self,
+        logits: Tensor,
+        embedding: Tensor,
+        generator: torch.Generator | None = None,
+        pre: Tensor | None = None,
+    ) -> Step:
+        """The mixture (`pre`, when `project` made it with the logits) plus noise, and its log-density."""
+        h = self.mixture(logits, embedding) if pre is None else pre
         ids = logits.argmax(-1)
         d = h.shape[-1]
         if self.greedy or self.gamma == 0:
