@@ -31,7 +31,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from soft_tokens.representers import HardRepresenter, SoftRepresenter
+from soft_tokens.representers import GumbelSoftmaxRepresenter, HardRepresenter, SoftRepresenter
 from soft_tokens.tiny import tiny_llama, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,9 @@ REPRESENTERS = {
     "soft": lambda: SoftRepresenter(temperature=0.5, gamma=0.33),
     "fuzzy": lambda: SoftRepresenter(temperature=1e-4, gamma=0.33, name="fuzzy"),
 }
+
+# Other continuous-token methods, timed in the rollout benchmark beside them (no target applies to them).
+RELATED = {"gumbel": lambda: GumbelSoftmaxRepresenter(temperature=0.1, top_k=10)}
 
 # Ends with ':' like the real stop string, so stop detection does its usual work, but a NUL never appears.
 NEVER_STOP = "\x00 The final answer is:"

@@ -30,4 +30,5 @@ for rep in $REPS; do
     hydra.run.dir="$OUT/eval_$rep"
 done
 $PY scripts/report.py --run "$OUT/eval_base" --run "$OUT/eval_hard" --run "$OUT/eval_soft" \
-  --run "$OUT/eval_fuzzy" --run "$OUT/eval_gumbel" --out docs --name embedded_report --title "Embedded default: train x inference"
+  --run "$OUT/eval_fuzzy" --run "$OUT/eval_gumbel" --out docs \
+  --append docs/embedded_report_runs.md --name embedded_report --title "Embedded default: train x inference"

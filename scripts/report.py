@@ -63,6 +63,14 @@ def load_run(spec: str) -> tuple[str, Path, EvalResults]:
     return name or res.name, file.parent, res
 
 
+def _shown(path: str) -> str:
+    """A path relative to the working directory when it lies inside it (reports name repository files)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return path
+
+
 def _column(setting: str) -> str:
     for suffix in SUFFIXES:
         if setting.endswith(suffix):
@@ -192,6 +200,7 @@ def write_report(
     title: str | None = None,
     k: int | None = None,
     base: str | None = "base",
+    append: Path | None = None,
 ) -> Path:
     """Write <out_dir>/<name>.md and one <name>_<metric>.png heatmap per table; return the markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,7 +219,7 @@ def write_report(
             [
                 [
                     n,
-                    f"`{r.model}`",
+                    f"`{_shown(r.model)}`",
                     r.data,
                     r.split,
                     r.n_problems,
@@ -237,6 +246,8 @@ def write_report(
         )
         fig.savefig(png)
         lines += [f"## {t.title}", "", t.markdown(), "", f"![{t.title}]({png.name})", ""]
+    if append is not None:
+        lines += ["", append.read_text().rstrip(), ""]
     md = out_dir / f"{name}.md"
     md.write_text("\n".join(lines))
     return md
@@ -256,13 +267,14 @@ def main(argv: list[str] | None = None) -> Path:
         "--k", type=int, default=None, help="k of the sample pass@k table (default: the largest common)"
     )
     parser.add_argument("--base", default="base", help="run whose OOD NLL the others are compared to")
+    parser.add_argument("--append", type=Path, default=None, help="a markdown file appended to the report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = [load_run(spec) for spec in args.run]
     names = [n for n, _, _ in runs]
     if len(set(names)) != len(names):
         parser.error(f"run names must be distinct, got {names}")
-    md = write_report(runs, Path(args.out), args.name, args.title, args.k, args.base)
+    md = write_report(runs, Path(args.out), args.name, args.title, args.k, args.base, args.append)
     log.info("report written to %s", md)
     return md
 

@@ -31,7 +31,7 @@ def test_rollout_bench_tiny(tmp_path):
     assert (tmp_path / "rollout_tiny.md").read_text().startswith("# Rollout throughput")
     variants = {(r["model"], r["L"], r["variant"]) for r in res["rows"]}
     models = {m for m, _, _ in variants}
-    assert len(models) == 2 and len(variants) == 2 * 2 * 4  # 2 models x (L, 4L) x (generate + 3 rollouts)
+    assert len(models) == 2 and len(variants) == 2 * 2 * 5  # 2 models x (L, 4L) x (generate + 4 rollouts)
     for r in res["rows"]:
         assert r["tok_per_s"] > 0
     # Every variant generated the same number of tokens at a given model and length.

@@ -385,12 +385,14 @@ def test_logits_and_mixture_equal_the_two_pass_computation(scale, tau):
     torch.testing.assert_close(mix, torch.softmax(ref_logits / tau, dim=-1) @ E, rtol=1e-5, atol=1e-6)
 
 
-def test_soft_project_fuses_only_a_tied_head_on_cpu_at_a_mixing_temperature():
+def test_soft_project_fuses_only_a_tied_head_on_cpu_at_a_mixing_temperature(monkeypatch):
     E = torch.randn(V, D, generator=gen(12))
+    hidden = torch.randn(4, D, generator=gen(13))
     tied = torch.nn.Linear(D, V, bias=False)
     tied.weight = torch.nn.Parameter(E)
+    assert SoftRepresenter().project(hidden, tied, E)[1] is None  # a small E: two passes, both from cache
+    monkeypatch.setattr(SoftRepresenter, "fuse_min_bytes", 0)
     untied = torch.nn.Linear(D, V, bias=False)
-    hidden = torch.randn(4, D, generator=gen(13))
     logits, pre = SoftRepresenter(temperature=0.5).project(hidden, tied, E)
     torch.testing.assert_close(pre, SoftRepresenter(temperature=0.5).mixture(logits, E), rtol=1e-5, atol=1e-6)
     assert SoftRepresenter(temperature=0.5).project(hidden, untied, E)[1] is None

@@ -87,6 +87,7 @@ class SoftRepresenter(TokenRepresenter):
     """
 
     continuous = True
+    fuse_min_bytes = 32 << 20  # E from this size on (a 150k x 896 float32 E is 545 MB) gets the fused head
 
     def __init__(
         self, temperature: float = 0.5, gamma: float = 0.33, greedy: bool = False, name: str | None = None
@@ -116,13 +117,15 @@ class SoftRepresenter(TokenRepresenter):
     ) -> tuple[Tensor, Tensor | None]:
         """Logits and, on CPU with a head tied to E, the mixture made in the same pass (`logits_and_mixture`).
 
-        Elsewhere the plain head: on a GPU a decode step is bound by kernel launches, not by reading E; at a
-        tiny temperature (fuzzy) the sparse sum after the head is cheaper; an untied head reads a second
-        matrix anyway; and a subclass with its own `mixture` must have it used.
+        Elsewhere the plain head: on a GPU a decode step is bound by kernel launches, not by reading E; an E
+        under `fuse_min_bytes` stays in cache between the two products anyway; at a tiny temperature (fuzzy)
+        the sparse sum after the head is cheaper; an untied head reads a second matrix anyway; and a
+        subclass with its own `mixture` must have it used.
         """
         weight = getattr(head, "weight", None)
         fuse = (
             hidden.device.type == "cpu"
+            and embedding.numel() * embedding.element_size() >= self.fuse_min_bytes
             and self.temperature > 1e-3
             and type(self).mixture is SoftRepresenter.mixture
             and getattr(head, "bias", None) is None
