@@ -1,4 +1,5 @@
-"""Rollout throughput: our RolloutEngine (hard, soft, fuzzy; sampled) against Hugging Face `model.generate`.
+"""Rollout throughput: our RolloutEngine (hard, soft, fuzzy, and Gumbel-softmax; sampled) against Hugging
+Face `model.generate`.
 
 Same model, batch, prompts and number of generated tokens for every variant, in one process:
 - `generate`: `model.generate(do_sample=True, top_k=0, top_p=1, temperature=1)`, EOS disabled, exactly
@@ -7,12 +8,13 @@ Same model, batch, prompts and number of generated tokens for every variant, in 
   ':' like the real one, so stop detection still runs) and no EOS, so every row feeds its L CoT tokens, the
   forced " The final answer is: \\boxed{" prefix and `answer_len` sampled answer tokens: the same `n`
   tokens per row as generate.
-Each variant runs once untimed (at the first length), then `reps` times (`small_reps` for the small
-model) in rotated order, so that a slow spell of a shared machine falls on all variants alike; the median is
-reported, of this process's CPU time on CPU (see `--clock`). CoT lengths L and 4L show that the cost per token
-stays flat. A micro-benchmark times one decode step's parts at the realistic vocabulary: the model
-forward against `representer.step` (the soft mixture `softmax(logits / tau) @ E` is a [B, V] x [V, d]
-matmul, as large as the LM head).
+Each variant runs once untimed (at the first length); then `reps` rounds (`small_reps` for the small
+model), each running every variant at CoT lengths L and 4L in a rotated order, so that a slow spell of a
+shared machine falls on all of them alike. Times are medians over rounds, of this process's CPU time on CPU
+(see `--clock`); ratios (against generate, against hard, 4L against L) are medians over rounds of each
+round's ratio. A micro-benchmark times one decode step's parts at the realistic vocabulary: the model
+forward against `representer.step`, and the soft head and mixture in two passes over E against one
+(`SoftRepresenter.project`, the path the rollout takes on CPU).
 
 Models: (a) the embedded model `assets/embedded` (a tiny random Llama when it is absent); (b) Qwen2.5-0.5B's
 shape (vocab 151,936, hidden 896, 14 heads, 2 KV heads, intermediate 4864, tied embeddings) with random
@@ -83,7 +85,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--answer-len", type=int, default=1, help="sampled answer tokens after the prefix")
     p.add_argument("--static-cache", action="store_true", help="generate: cache_implementation='static'")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model forward (all variants)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder forward (all variants)")
     p.add_argument("--compile-backend", default="inductor")
     p.add_argument("--no-micro", action="store_true", help="skip the decode-step micro-benchmark")
     args = p.parse_args(argv)
@@ -93,7 +95,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.qwen_cot_len = args.qwen_cot_len or (4 if tiny else 16)
     args.layers = args.layers or (1 if tiny else 2)
     args.vocab = args.vocab or (2048 if tiny else 151_936)
-    args.reps = args.reps or (1 if tiny else 3)
+    args.reps = args.reps or (1 if tiny else 5)
     args.small_reps = args.small_reps or (
         1 if tiny else 15
     )  # its runs take a second: more of them, less noise
@@ -101,21 +103,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def maybe_compile(model, args: argparse.Namespace):
-    """torch.compile the forward (dynamic shapes: the KV cache grows and done rows leave the batch)."""
+    """torch.compile the decoder's forward (dynamic shapes: the KV cache grows and done rows leave the batch).
+
+    The decoder, not the whole model: the rollout engine calls the decoder and the head apart, and
+    `model.forward` (generate's path) calls the same decoder, so both run the compiled code."""
     if args.compile:
-        model.forward = torch.compile(model.forward, dynamic=True, backend=args.compile_backend)
+        decoder = model.get_decoder()
+        decoder.forward = torch.compile(decoder.forward, dynamic=True, backend=args.compile_backend)
     return model
 
 
 def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device) -> tuple[list[dict], dict]:
-    """Time generate and the three rollouts at CoT lengths L0 and long_factor * L0."""
+    """Time generate and the rollouts at CoT lengths L0 and long_factor * L0, both lengths in every round.
+
+    Returns the rows and, per variant, the median over rounds of time(long) / time(short).
+    """
     prompts = (PROMPTS * (args.batch // len(PROMPTS) + 1))[: args.batch]
     ids, mask = encode_prompts(tokenizer, prompts, device)
     P = ids.shape[1]
     engine_tok = without_eos(tokenizer)
     pad = tokenizer.pad_token_id
-    rows, medians = [], {}
-    for L in (L0, args.long_factor * L0):
+    lengths = (L0, args.long_factor * L0)
+    variants = ("generate", *REPRESENTERS, *RELATED)
+    fns: dict[str, Any] = {}
+    for L in lengths:
         cfg = RolloutConfig(max_cot_tokens=L, answer_max_tokens=args.answer_len, stop_string=NEVER_STOP)
         engine = RolloutEngine(engine_tok, cfg)
         engine.tables(
@@ -140,7 +151,7 @@ def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device
         def run_generate(kw=gen_kwargs):
             return model.generate(**kw)
 
-        fns = {"generate": run_generate}
+        fns[f"generate@{L}"] = run_generate
         for name, make in {**REPRESENTERS, **RELATED}.items():
             rep = make()
 
@@ -148,35 +159,49 @@ def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device
                 g = torch.Generator(device).manual_seed(args.seed)
                 return engine.generate(model, prompts, rep, generator=g)
 
-            fns[name] = run
-        # Warm-up at the first length only: the process is warm for the longer one.
-        res = interleaved(fns, reps, args.warmup if L == L0 else 0, device, args.clock)
-        tokens = {"generate": int(res["generate"]["out"][:, P:].numel())}
-        for name in (*REPRESENTERS, *RELATED):
-            tokens[name] = res[name]["out"].num_tokens
-        tps = {n: tokens[n] / res[n]["median"] for n in fns}
-        ratio = paired_ratios(res, tokens, args.clock)
-        for n in fns:
-            medians[(n, L)] = res[n]["median"]
+            fns[f"{name}@{L}"] = run
+    for _ in range(args.warmup):  # warm-up at the short length: the process is then warm for the long one
+        for v in variants:
+            fns[f"{v}@{L0}"]()
+    # Every round runs all variants at both lengths, so that a slow spell of the machine falls on the two
+    # lengths alike (their time ratio is a target) as well as on the variants.
+    res = interleaved(fns, reps, 0, device, args.clock)
+    rows = []
+    for L in lengths:
+        at = {v: res[f"{v}@{L}"] for v in variants}
+        tokens = {"generate": int(at["generate"]["out"][:, P:].numel())}
+        for v in variants[1:]:
+            tokens[v] = at[v]["out"].num_tokens
+        ratio = paired_ratios(at, tokens, args.clock)
+        for v in variants:
             rows.append(
                 {
                     "model": label,
                     "L": L,
-                    "variant": n,
-                    "tokens": tokens[n],
-                    "median_s": res[n]["median"],
-                    "wall_s": res[n]["median_wall"],
-                    "times_s": [round(t, 4) for t in res[n][args.clock]],
-                    "ms_per_token": 1e3 * res[n]["median"] / tokens[n],
-                    "tok_per_s": tps[n],
-                    "vs_generate": ratio(n, "generate"),
-                    "vs_hard": ratio(n, "hard") if n != "generate" else None,
+                    "variant": v,
+                    "tokens": tokens[v],
+                    "median_s": at[v]["median"],
+                    "wall_s": at[v]["median_wall"],
+                    "times_s": [round(t, 4) for t in at[v][args.clock]],
+                    "ms_per_token": 1e3 * at[v]["median"] / tokens[v],
+                    "tok_per_s": tokens[v] / at[v]["median"],
+                    "vs_generate": ratio(v, "generate"),
+                    "vs_hard": ratio(v, "hard") if v != "generate" else None,
                 }
             )
         if len(set(tokens.values())) != 1:
             print(f"warning: {label} L={L}: generated token counts differ: {tokens}")
-        print(markdown_table(rows[-len(fns) :], COLUMNS), flush=True)
-    return rows, medians
+        print(markdown_table(rows[-len(variants) :], COLUMNS), flush=True)
+    long_over_short = {
+        v: statistics.median(
+            [
+                t4 / t1
+                for t1, t4 in zip(res[f"{v}@{lengths[0]}"][args.clock], res[f"{v}@{lengths[1]}"][args.clock])
+            ]
+        )
+        for v in variants
+    }
+    return rows, long_over_short
 
 
 def paired_ratios(res: dict[str, dict[str, Any]], tokens: dict[str, int], clock: str):
@@ -272,11 +297,10 @@ def targets(rows: list[dict], medians: dict[str, dict], long_factor: int) -> lis
                         "holds": r["vs_hard"] >= 0.9,
                     }
                 )
-        med = medians[label]
-        L0 = min(L for _, L in med)
+        L0 = min(r["L"] for r in rows if r["model"] == label)
         tokens = {(r["variant"], r["L"]): r["tokens"] for r in rows if r["model"] == label}
         for v in ("generate", *REPRESENTERS, *RELATED):
-            ratio = med[(v, long_factor * L0)] / med[(v, L0)]
+            ratio = medians[label][v]  # median over rounds of time(long) / time(short)
             per_token = ratio * tokens[(v, L0)] / tokens[(v, long_factor * L0)]
             out.append(
                 {
@@ -337,8 +361,9 @@ def render(info, args, models, rows, micro, tgt) -> str:
         f" transformers {info['transformers']}{', GPU ' + info['gpu'] if 'gpu' in info else ''};"
         f" load average at start {info['load_avg_1m_at_start']}.",
         f"Device {args.device}, dtype {args.dtype}, batch {args.batch}, answer tokens {args.answer_len},"
-        f" median of {args.small_reps} (small model) / {args.reps} (Qwen shape) runs after {args.warmup} warm-up"
-        f" (at L only), clock: {args.clock}"
+        f" median of {args.small_reps} (small model) / {args.reps} (Qwen shape) rounds after {args.warmup} warm-up"
+        f" (at L only), clock: {args.clock}. A round runs every variant at both lengths in a rotated order;"
+        " `vs_generate`, `vs_hard` and time(4L) / time(L) are medians over rounds of the per-round ratio"
         f"{', static cache (generate)' if args.static_cache else ''}{', torch.compile' if args.compile else ''}.",
         "",
         "Models: " + "; ".join(f"{k}: {v}" for k, v in models.items()),

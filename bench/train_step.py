@@ -332,11 +332,13 @@ def main(argv: list[str] | None = None) -> dict:
                     "holds": row["fwd_peak_vs_naive"] <= 0.25,
                 }
             )
+            # Not a target (the target is the teacher-forced log-prob pass): the whole step adds backward,
+            # which allocates the parameters' gradients alike in both versions. Shown for the record.
             tgt.append(
                 {
-                    "target": f"{row['representer']}: whole step (with backward) peak <= 0.25x naive",
+                    "target": f"{row['representer']}: whole step with backward, for the record: peak vs naive",
                     "value": row["step_peak_vs_naive"],
-                    "holds": row["step_peak_vs_naive"] <= 0.25,
+                    "holds": None,
                 }
             )
     ro = next(iter(rollouts.values()))[1]

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from soft_tokens.kv_cache import preallocated_cache
 from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob, sample_tempered
 
 COT, PREFIX, ANSWER, DONE = 0, 1, 2, 3
@@ -199,7 +200,7 @@ class RolloutEngine:
         prefix_kind = torch.zeros(N, dtype=torch.long, device=device)
         prompt_pos = prompt_mask.sum(1)  # position id of the first generated token, per row
 
-        cache = DynamicCache(config=model.config)
+        cache = preallocated_cache(model.config, P + S)
         active = torch.arange(N, device=device)  # rows of the full batch that are in the running batch
         position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)
         out = decoder(
