@@ -205,3 +205,11 @@ def test_soft_rollout_with_the_fused_head_matches_the_plain_head(tiny_tokenizer,
     assert torch.equal(a.ids, b.ids) and torch.equal(a.cot_mask, b.cot_mask)
     torch.testing.assert_close(a.fed, b.fed, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.logp, b.logp)
+
+
+def test_models_that_transform_their_logits_are_refused(tiny_tokenizer):
+    model = tiny_llama(len(tiny_tokenizer))
+    model.config.final_logit_softcapping = 30.0
+    engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=4, answer_max_tokens=2))
+    with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
+        engine.generate(model, PROMPTS, HardRepresenter())

@@ -113,6 +113,24 @@ def _rows_in(st: Tensor | None, s: int, count: int, n: int) -> Tensor | slice | 
     return (st == s).nonzero().squeeze(-1)
 
 
+# Config fields of Hugging Face models whose logits are not lm_head(final hidden state) (soft-capping,
+# scaling): the rollout and the teacher-forced pass both apply the head themselves.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def check_plain_head(model: PreTrainedModel) -> None:
+    """Raise if the model's logits are not its output embedding applied to the decoder's last hidden state."""
+    cfg = model.config.get_text_config(decoder=True)
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(cfg, name, None)
+        if value not in (None, 1, 1.0):
+            raise ValueError(
+                f"{type(model).__name__} transforms its logits ({name}={value}); soft_tokens computes logits "
+                "as lm_head(last hidden state) in the rollout and the teacher-forced pass, so this model is "
+                "not supported as is"
+            )
+
+
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device
 ) -> tuple[Tensor, Tensor]:
@@ -160,6 +178,7 @@ class RolloutEngine:
         start = time.perf_counter()
         cfg = self.cfg
         device = model.device
+        check_plain_head(model)
         embed = model.get_input_embeddings()
         E = embed.weight
         # The decoder and the head are called apart so the representer can project the hidden states itself
