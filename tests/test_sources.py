@@ -18,6 +18,7 @@ from soft_tokens.data.sources import (
     LocalSource,
     boxed_answer,
     gsm8k_answer,
+    strip_math_delimiters,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -185,6 +186,12 @@ def fake_hub(monkeypatch):
             {"problem": "a", "solution": r"\boxed{\frac{1}{2}}"}
         ],
         ("EleutherAI/hendrycks_math", "geometry", "train"): [{"problem": "g", "solution": r"so \boxed{3}"}],
+        # OlympiadBench's rows: final_answer is a list of inline-math strings, solution a list too
+        ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"): [
+            {"id": 1606, "question": "o1", "final_answer": ["$\\frac{1}{2}$"], "solution": ["..."]},
+            {"id": 1607, "question": "o2", "final_answer": ["$3$", "$-1$"], "solution": ["..."]},
+            {"id": 1608, "question": "o3", "final_answer": ["$x$ and $y$"], "solution": ["..."]},
+        ],
     }
     calls = []
 
@@ -225,6 +232,23 @@ def test_hub_bad_row_names_dataset_and_row(fake_hub):
         src.load()
     src.on_bad_row = "skip"
     assert src.load() == [] and src.n_skipped == 2
+
+
+def test_olympiadbench_config_reads_list_answers_without_dollars(fake_hub):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("evaluate", ["data=olympiadbench"])
+    assert cfg.data.train.path == "EleutherAI/hendrycks_math"  # trained and validated on MATH
+    examples = instantiate(cfg.data.test).load()
+    assert [(e.id, e.answer) for e in examples] == [
+        ("1606", r"\frac{1}{2}"),
+        ("1607", "3, -1"),
+        ("1608", "$x$ and $y$"),
+    ]
+    assert strip_math_delimiters("$a$, $b$") == "a, b" and strip_math_delimiters("$5") == "$5"
 
 
 # ---- embedded arithmetic task

@@ -220,7 +220,16 @@ class RowSource:
                     f"no answer field {self.answer_field!r} and no solution to take \\boxed{{}} from"
                 )
             return boxed_answer(solution), solution
-        return _scalar(row, self.answer_field), solution
+        answer = _scalar(row, self.answer_field)
+        return (strip_math_delimiters(answer) if self.answer_format == "math" else answer), solution
+
+
+def strip_math_delimiters(answer: str) -> str:
+    """`$x$` -> `x` (and `$a$, $b$` -> `a, b`): gold answers written as inline math, as in OlympiadBench."""
+    parts = [p.strip() for p in answer.split(", ")]
+    if all(len(p) > 1 and p.startswith("$") and p.endswith("$") and p.count("$") == 2 for p in parts):
+        return ", ".join(p[1:-1].strip() for p in parts)
+    return answer
 
 
 def _field(row: Mapping, name: str) -> Any:
@@ -243,8 +252,11 @@ def _text(row: Mapping, name: str, optional: bool = False) -> str | None:
 
 
 def _scalar(row: Mapping, name: str) -> str:
-    """An answer field as a stripped string; numbers are accepted (JSON files often store them so)."""
+    """An answer field as a stripped string; numbers are accepted (JSON files often store them so), and a
+    list of them (OlympiadBench's final_answer) is joined with ", "."""
     value = _field(row, name)
+    if isinstance(value, list) and value and all(isinstance(v, (str, int, float)) for v in value):
+        value = ", ".join(str(v).strip() for v in value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
