@@ -68,7 +68,7 @@ if [ "${EXTRA:-0}" = 1 ]; then
   # generate with a static KV cache (transformers may compile its decode step itself).
   step rollout_static 300 "$PY" bench/rollout.py "${COMMON[@]}" --models qwen --layers 24 --batch 64 \
     --qwen-cot-len "$L" --reps 2 --no-micro --static-cache --out "$OUT/static_cache"
-  # torch.compile of the model forward (dynamic shapes), for generate and the rollouts alike.
+  # torch.compile of the decoder forward (dynamic shapes), for generate and the rollouts alike.
   step rollout_compile 300 "$PY" bench/rollout.py "${COMMON[@]}" --models qwen --layers 24 --batch 64 \
     --qwen-cot-len "$L" --reps 2 --no-micro --compile --out "$OUT/compile"
 fi
