@@ -275,7 +275,7 @@ def micro_step(model, args, device, context: int = 64) -> list[dict]:
     return rows
 
 
-def targets(rows: list[dict], medians: dict[str, dict], long_factor: int) -> list[dict]:
+def targets(rows: list[dict], length_ratios: dict[str, dict], long_factor: int) -> list[dict]:
     out = []
     for label in dict.fromkeys(r["model"] for r in rows):
         for r in (r for r in rows if r["model"] == label):
@@ -300,7 +300,7 @@ def targets(rows: list[dict], medians: dict[str, dict], long_factor: int) -> lis
         L0 = min(r["L"] for r in rows if r["model"] == label)
         tokens = {(r["variant"], r["L"]): r["tokens"] for r in rows if r["model"] == label}
         for v in ("generate", *REPRESENTERS, *RELATED):
-            ratio = medians[label][v]  # median over rounds of time(long) / time(short)
+            ratio = length_ratios[label][v]  # median over rounds of time(long) / time(short)
             per_token = ratio * tokens[(v, L0)] / tokens[(v, long_factor * L0)]
             out.append(
                 {
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     info = machine()
     print(f"machine: {info}")
-    rows, medians, models, micro = [], {}, {}, []
+    rows, length_ratios, models, micro = [], {}, {}, []
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     for which in wanted:
         if which == "small":
@@ -335,15 +335,14 @@ def main(argv: list[str] | None = None) -> dict:
         models[label] = describe(model)
         print(f"\n## {label}: {models[label]}", flush=True)
         maybe_compile(model, args)
-        r, m = bench_lengths(label, model, tok, L0, reps, args, device)
+        r, length_ratios[label] = bench_lengths(label, model, tok, L0, reps, args, device)
         rows += r
-        medians[label] = m
         if which == "qwen" and not args.no_micro:
             micro = micro_step(model, args, device)
             print(markdown_table(micro, list(micro[0]) + [k for k in micro[2] if k not in micro[0]]))
         del model
         sync(device)
-    tgt = targets(rows, medians, args.long_factor)
+    tgt = targets(rows, length_ratios, args.long_factor)
     md = render(info, args, models, rows, micro, tgt)
     print("\n" + md)
     payload = {"machine": info, "args": vars(args), "models": models, "rows": rows, "micro": micro}

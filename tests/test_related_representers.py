@@ -17,7 +17,8 @@ from soft_tokens.representers import (
     MixtureOfInputsRepresenter,
     SoftThinkingRepresenter,
 )
-from soft_tokens.representers.soft_thinking import entropy_of, filtered_top_k
+from soft_tokens.representers.base import entropy_of
+from soft_tokens.representers.soft_thinking import filtered_top_k
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
 
 D = 5
@@ -193,12 +194,32 @@ def test_cold_stop_ends_the_cot_after_patience_confident_steps(tiny_model, tiny_
     assert ro.cot_lengths.tolist() == [12, 12, 12] and not ro.early_stopped.any() and ro.clipped.all()
 
 
-def test_cold_stop_patience_counts_consecutive_steps_only():
-    # entropy of a 2-way coin flip (log 2) versus a confident row: only confident steps count
+def test_soft_thinking_is_confident_where_the_mixture_entropy_is_under_the_threshold():
+    # entropy of a 2-way coin flip (log 2) versus a confident row
     rep = SoftThinkingRepresenter(top_k=2, stop_entropy=0.1)
     logits = torch.tensor([[0.0, 0.0, -9.0], [9.0, 0.0, -9.0]])
     step = rep.step(logits, torch.eye(3))
     assert step.confident.tolist() == [False, True]
+
+
+def test_cold_stop_counts_consecutive_confident_steps_only(tiny_model, tiny_tokenizer):
+    class Scripted(SoftThinkingRepresenter):
+        """Confident by a fixed pattern of steps, whatever the logits."""
+
+        pattern = [True, True, False, True, True, True]
+
+        def step(self, logits, embedding, generator=None):
+            out = super().step(logits, embedding, generator)
+            t, self.calls = self.calls, self.calls + 1
+            out.confident = torch.full((len(logits),), self.pattern[t % len(self.pattern)])
+            return out
+
+    rep = Scripted(stop_patience=3)
+    rep.calls = 0
+    engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=12, answer_max_tokens=2))
+    ro = engine.generate(tiny_model.eval(), PROMPTS, rep)
+    # 5 confident steps by step 6, but only the last 3 in a row: the stop comes at 6, not at 3
+    assert ro.cot_lengths.tolist() == [6, 6, 6] and ro.early_stopped.all()
 
 
 # --------------------------------------------------------------------------- Mixture of Inputs

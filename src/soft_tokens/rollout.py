@@ -246,22 +246,22 @@ class RolloutEngine:
             in_answer = _rows_in(st, ANSWER, n_in[ANSWER], n)
 
             if in_cot is not None:
-                rows = active[in_cot]
+                cot_rows = active[in_cot]
                 lg = logits[in_cot]
                 if pre is None:
                     step = representer.step(lg, E, generator)
                 else:
                     step = representer.step(lg, E, generator, pre=pre[in_cot])
                 cot_emb = step.embeds.to(E.dtype)
-                logp[rows, t] = step.logp.float()
-                entropy[rows, t] = representer.entropy(lg)
-                cot_mask[rows, t] = True
+                logp[cot_rows, t] = step.logp.float()
+                entropy[cot_rows, t] = representer.entropy(lg)
+                cot_mask[cot_rows, t] = True
                 if fed is not None:
-                    fed[rows, t] = cot_emb
+                    fed[cot_rows, t] = cot_emb
                 for key, val in (step.aux or {}).items():
                     if key not in aux:
                         aux[key] = torch.zeros((N, S, *val.shape[1:]), dtype=val.dtype, device=device)
-                    aux[key][rows, t] = val
+                    aux[key][cot_rows, t] = val
             if n_in[COT] == n:
                 next_ids, next_emb = step.ids, cot_emb
             else:
@@ -293,13 +293,12 @@ class RolloutEngine:
             # Transitions. CoT: stop string on the (shadow) text, EOS, or the length limit.
             changed = in_prefix is not None or in_answer is not None
             if in_cot is not None:
-                rows = active[in_cot]
+                rows = cot_rows
                 tok = step.ids
                 at_limit = t + 1 >= cfg.max_cot_tokens
                 cold = None
-                if (
-                    step.confident is not None
-                ):  # the representer's early stop (e.g. Soft Thinking's Cold Stop)
+                # The representer's early stop (Soft Thinking's Cold Stop): `stop_patience` confident steps in a row.
+                if step.confident is not None:
                     calm[rows] = torch.where(step.confident, calm[rows] + 1, 0)
                     cold = calm[rows] >= representer.stop_patience
                     cold = cold if bool(cold.any()) else None
@@ -309,12 +308,12 @@ class RolloutEngine:
                     if len(cand):
                         stop[cand] = self._stops(rows[cand], ids, t + 1, t, tab.stop_window)
                     limit = ~stop if at_limit else ~stop & (tok == eos)
+                    if at_limit:
+                        clipped[rows] = limit
                     if cold is not None:  # ends like the length limit: the full answer prefix is forced
                         cold = cold & ~stop & ~limit
                         early[rows] = cold
                         limit = limit | cold
-                    if at_limit:
-                        clipped[rows] = limit & ~cold if cold is not None else limit
                     ended = stop | limit
                     left = rows[ended]
                     state[left] = PREFIX

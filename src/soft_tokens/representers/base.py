@@ -33,7 +33,7 @@ class TokenRepresenter:
 
     continuous: bool = False
     trainable: bool = True
-    stop_patience: int = 0
+    stop_patience: int = 1
 
     def __init__(self, temperature: float = 1.0, greedy: bool = False, name: str | None = None) -> None:
         if temperature <= 0:
@@ -168,6 +168,21 @@ def weighted_rows(weights: Tensor, ids: Tensor, embedding: Tensor) -> Tensor:
     """sum_j weights[..., j] * E[ids[..., j]] [..., d]: a mixture over a few rows of E, summed in float32."""
     rows = embedding[ids].float()  # [..., k, d]
     return (weights.float().unsqueeze(-1) * rows).sum(-2).to(embedding.dtype)
+
+
+def choose_token(
+    logits: Tensor, temperature: float, greedy: bool, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """(ids, log-probs at `temperature`): the argmax when greedy, else a draw from softmax(logits / T)."""
+    if greedy:
+        ids = logits.argmax(-1)
+        return ids, categorical_log_prob(logits, ids, temperature)
+    return sample_tempered(logits, temperature, generator)
+
+
+def entropy_of(probs: Tensor) -> Tensor:
+    """Entropy [...] of distributions [..., k] (zero-probability entries contribute 0)."""
+    return -(probs * torch.log(probs.clamp(min=torch.finfo(probs.dtype).tiny))).sum(-1)
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:

@@ -9,8 +9,8 @@ from soft_tokens.representers.base import (
     Step,
     TokenRepresenter,
     categorical_log_prob,
+    choose_token,
     k3_kl,
-    sample_tempered,
 )
 
 
@@ -20,11 +20,7 @@ class HardRepresenter(TokenRepresenter):
     continuous = False
 
     def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
-        if self.greedy:
-            ids = logits.argmax(-1)
-            logp = categorical_log_prob(logits, ids, self.temperature)
-        else:
-            ids, logp = sample_tempered(logits, self.temperature, generator)
+        ids, logp = choose_token(logits, self.temperature, self.greedy, generator)
         return Step(embeds=embedding[ids], ids=ids, logp=logp)
 
     def log_prob(

@@ -15,8 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TrainingFreeRepresenter, categorical_log_prob, sample_tempered
-from soft_tokens.representers.soft_thinking import entropy_of
+from soft_tokens.representers.base import Step, TrainingFreeRepresenter, choose_token, entropy_of
 
 
 class MixtureOfInputsRepresenter(TrainingFreeRepresenter):
@@ -31,11 +30,7 @@ class MixtureOfInputsRepresenter(TrainingFreeRepresenter):
         self.beta = float(beta)
 
     def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
-        if self.greedy:
-            ids = logits.argmax(-1)
-            logp = categorical_log_prob(logits, ids, self.temperature)
-        else:
-            ids, logp = sample_tempered(logits, self.temperature, generator)
+        ids, logp = choose_token(logits, self.temperature, self.greedy, generator)
         token = embedding[ids]
         if math.isinf(self.beta):
             return Step(embeds=token, ids=ids, logp=logp)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TrainingFreeRepresenter, weighted_rows
+from soft_tokens.representers.base import Step, TrainingFreeRepresenter, entropy_of, weighted_rows
 
 
 def filtered_top_k(
@@ -33,11 +33,6 @@ def filtered_top_k(
     keep[..., 0] = True
     vals = vals * keep
     return vals / vals.sum(-1, keepdim=True), ids
-
-
-def entropy_of(probs: Tensor) -> Tensor:
-    """Entropy [...] of distributions [..., k] (zero-probability entries contribute 0)."""
-    return -(probs * torch.log(probs.clamp(min=torch.finfo(probs.dtype).tiny))).sum(-1)
 
 
 class SoftThinkingRepresenter(TrainingFreeRepresenter):
