@@ -1,4 +1,4 @@
-"""Teacher-forced log-probabilities of a rollout (PAPER.md, "Log-probability used by the policy gradient").
+"""Teacher-forced log-probabilities of a rollout (docs/method.md, "Log-probabilities").
 
 One forward pass over `[prompt; fed CoT inputs; prefix; answer]` with `inputs_embeds` gives the hidden
 states of every position; the vocabulary projection and the log-probabilities are then computed only at
@@ -70,8 +70,12 @@ def rollout_log_probs(
     answer_temperature: float = 1.0,
     chunk_size: int = 1024,
     ref_model: PreTrainedModel | None = None,
+    cot_grad_weight: float = 1.0,
 ) -> StepLogProbs:
-    """Log-probs (and KL to `ref_model`, if given) of a rollout's CoT and answer steps under `model`."""
+    """Log-probs (and KL to `ref_model`, if given) of a rollout's CoT and answer steps under `model`.
+
+    `cot_grad_weight` scales the gradient (not the value) of the CoT steps' log-probs.
+    """
     mask = rollout.gen_mask
     rows, cols = mask.nonzero(as_tuple=True)
     if len(rows) == 0:
@@ -114,10 +118,19 @@ def rollout_log_probs(
 
     extra = (ref_hid,) if ref_hid is not None else ()
     vals = _chunked(per_step, len(rows), chunk_size, hid, is_cot, ids, fed, *aux_vals, *extra)
-    out = StepLogProbs(logp=_scatter(vals[:, 0], mask, rows, cols), mask=mask)
+    logp = scale_gradient(vals[:, 0], is_cot, cot_grad_weight)
+    out = StepLogProbs(logp=_scatter(logp, mask, rows, cols), mask=mask)
     if ref_hid is not None:
         out.kl = _scatter(vals[:, 1], mask, rows, cols)
     return out
+
+
+def scale_gradient(values: Tensor, where: Tensor, weight: float) -> Tensor:
+    """The same values, with the gradient of the entries at `where` multiplied by `weight`."""
+    if weight == 1.0 or not values.requires_grad:
+        return values
+    scaled = weight * values + (1.0 - weight) * values.detach()
+    return torch.where(where, scaled, values)
 
 
 def _scatter(values: Tensor, mask: Tensor, rows: Tensor, cols: Tensor) -> Tensor:

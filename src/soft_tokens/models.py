@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +14,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from soft_tokens.lora import LoraSettings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -37,7 +40,14 @@ class ModelConfig:
     architecture: str | None = None
     config_overrides: dict[str, Any] = field(default_factory=dict)
     pad_token: str | None = None  # used when the tokenizer has none (defaults to the EOS token)
+    untie_embeddings: bool = False  # a tied model gets its own copy of E as the LM head
+    lora: LoraSettings = field(default_factory=LoraSettings)  # r=None: full fine-tuning (soft_tokens.lora)
     extra: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained
+
+    def __post_init__(self) -> None:
+        self.lora = LoraSettings.of(self.lora)
+        for option in ("name_or_path", "tokenizer", "architecture"):
+            check_local_path(getattr(self, option), f"model.{option}")
 
     @property
     def torch_dtype(self) -> torch.dtype | str:
@@ -73,6 +83,31 @@ class ModelConfig:
             model = AutoModelForCausalLM.from_pretrained(
                 self.name_or_path, dtype=self.torch_dtype, use_safetensors=True, **kwargs, **self.extra
             )
+        if self.untie_embeddings:
+            untie_embeddings(model)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
+
+
+def untie_embeddings(model: PreTrainedModel) -> PreTrainedModel:
+    """Make the LM head an independent copy of the input embedding matrix (no-op for an untied model)."""
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or head.weight is not emb.weight:
+        return model
+    head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    text_config = model.config.get_text_config()
+    if text_config is not model.config:
+        text_config.tie_word_embeddings = False
+    return model
+
+
+def check_local_path(value: str | None, option: str) -> None:
+    """Refuse a local path that does not exist (hub ids, `org/name`, never start with / . ~ nor nest deeper)."""
+    if not value:
+        return
+    text = str(value)
+    local = text.startswith(("/", "./", "../", "~")) or text.count("/") > 1
+    if local and not Path(text).expanduser().exists():
+        raise FileNotFoundError(f"{option}={text}: no such file or folder")

@@ -90,12 +90,18 @@ class SoftRepresenter(TokenRepresenter):
     fuse_min_bytes = 32 << 20  # E from this size on (a 150k x 896 float32 E is 545 MB) gets the fused head
 
     def __init__(
-        self, temperature: float = 0.5, gamma: float = 0.33, greedy: bool = False, name: str | None = None
+        self,
+        temperature: float = 0.5,
+        gamma: float = 0.33,
+        greedy: bool = False,
+        name: str | None = None,
+        embedding_grad: bool = True,
     ) -> None:
         super().__init__(temperature=temperature, greedy=greedy, name=name)
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
+        self.embedding_grad = embedding_grad  # False: the CoT log-density's mixture treats E as a constant
         self._sigma_key: tuple | None = None
         self._sigma = torch.tensor(0.0)
 
@@ -137,6 +143,10 @@ class SoftRepresenter(TokenRepresenter):
             return super().project(hidden, head, embedding)
         return logits_and_mixture(hidden, embedding, self.temperature)
 
+    def _grad_embedding(self, embedding: Tensor) -> Tensor:
+        """E as the differentiable log-density and KL see it: detached when `embedding_grad` is off."""
+        return embedding if self.embedding_grad else embedding.detach()
+
     def mixture(self, logits: Tensor, embedding: Tensor) -> Tensor:
         """h = softmax(logits / tau) @ E: one matmul in E's dtype, softmax in float32 (without gradients, a sum
         over the rows of E whose probability is nonzero when nearly all are exactly zero, as at fuzzy's tau)."""
@@ -175,7 +185,7 @@ class SoftRepresenter(TokenRepresenter):
         embedding: Tensor,
         aux: dict[str, Tensor] | None = None,
     ) -> Tensor:
-        """Gaussian log-density of the fed input around the current mixture (PAPER.md, "Log-probability").
+        """Gaussian log-density of the fed input around the mixture (docs/method.md, "Log-probabilities").
 
         log pi(h~ | past) = -|h~ - h|^2 / (2 sigma^2) - d/2 log(2 pi sigma^2). sigma is detached, so the
         constant carries no gradient and cancels in every ratio against another policy with the same sigma;
@@ -186,7 +196,7 @@ class SoftRepresenter(TokenRepresenter):
         sigma = self.sigma(embedding)
         if sigma == 0:
             raise ValueError(f"{self!r} has sigma = 0 (gamma = 0): the fed input has no density")
-        h = self.mixture(logits, embedding).float()
+        h = self.mixture(logits, self._grad_embedding(embedding)).float()
         d = h.shape[-1]
         sq = (fed.float() - h).pow(2).sum(-1)
         return -sq / (2 * sigma**2) - 0.5 * d * math.log(2 * math.pi) - d * torch.log(sigma)
@@ -213,6 +223,6 @@ class SoftRepresenter(TokenRepresenter):
         The fed input is not used. sigma is the policy's (detached).
         """
         sigma = self.sigma(embedding)
-        h = self.mixture(logits, embedding).float()
+        h = self.mixture(logits, self._grad_embedding(embedding)).float()
         h_ref = self.mixture(ref_logits, ref_embedding).float().detach()
         return (h - h_ref).pow(2).sum(-1) / (2 * sigma**2)
