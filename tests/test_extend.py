@@ -1,60 +1,94 @@
-"""Adding a representer is one module plus one YAML file: registered from outside the package, it trains."""
+"""The README's "Adding a representer" recipe, run exactly as written: its module, its YAML files, its command."""
 
 from __future__ import annotations
 
 import math
+import re
+import shlex
 import sys
-import textwrap
+from pathlib import Path
 
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from test_train import compose_train
 
+import soft_tokens.representers
 import train as train_script
 
-MODULE = '''
-import torch
-from soft_tokens.representers import SoftRepresenter
+README = Path(__file__).resolve().parents[1] / "README.md"
+PACKAGE_MODULE = "src/soft_tokens/representers/topk.py"  # where the recipe puts the module in the repository
+PACKAGE_YAML = "conf/representer/topk.yaml"
 
 
-class TopKSoftRepresenter(SoftRepresenter):
-    """Soft tokens over the k most likely tokens only (renormalised), with the same Gaussian noise."""
-
-    def __init__(self, k: int = 10, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.k = k
-
-    def mixture(self, logits, embedding):
-        top = logits.float().topk(self.k, dim=-1)
-        probs = torch.softmax(top.values / self.temperature, dim=-1)
-        return (probs.unsqueeze(-1) * embedding[top.indices].float()).sum(-2).to(embedding.dtype)
-'''
-
-YAML = """
-_target_: my_topk.TopKSoftRepresenter
-name: topk
-k: 4
-temperature: 0.5
-gamma: 0.33
-"""
+def recipe() -> dict[str, list[str]]:
+    """The fenced code blocks of the README's "Adding a representer" section, by language."""
+    text = README.read_text()
+    start = text.index("\n## Adding a representer\n")
+    end = text.index("\n## ", start + 1)
+    blocks: dict[str, list[str]] = {}
+    for lang, body in re.findall(r"```(\w+)\n(.*?)```", text[start:end], flags=re.S):
+        blocks.setdefault(lang, []).append(body)
+    return blocks
 
 
-def test_new_representer_from_outside_trains(tmp_path, tiny_model_dir, monkeypatch):
-    (tmp_path / "my_topk.py").write_text(textwrap.dedent(MODULE))
-    (tmp_path / "conf" / "representer").mkdir(parents=True)
-    (tmp_path / "conf" / "representer" / "topk.yaml").write_text(YAML)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = compose_train(
-        [
-            f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-            "representer=topk",
-            "debug=fast",
-            "trainer.max_steps=1",
-            f"model.name_or_path={tiny_model_dir}",
-            "callbacks.rich_progress_bar=null",
-            "logger=csv",
-        ],
-        tmp_path / "run",
+def test_readme_names_the_recipe_files():
+    text = README.read_text()
+    section = text[text.index("\n## Adding a representer\n") :]
+    assert f"`{PACKAGE_MODULE}`" in section and f"`{PACKAGE_YAML}`" in section
+    blocks = recipe()
+    assert len(blocks["python"]) == 1 and len(blocks["yaml"]) == 2 and len(blocks["bash"]) == 1
+
+
+def test_package_recipe_builds_decodes_and_scores(tmp_path, monkeypatch):
+    module, package_yaml = recipe()["python"][0], recipe()["yaml"][0]
+    (tmp_path / Path(PACKAGE_MODULE).name).write_text(module)
+    # The module file as if it lay in src/soft_tokens/representers/ (nothing is written into the package).
+    monkeypatch.setattr(
+        soft_tokens.representers, "__path__", [*soft_tokens.representers.__path__, str(tmp_path)]
     )
+    monkeypatch.delitem(sys.modules, "soft_tokens.representers.topk", raising=False)
+    cfg = OmegaConf.create(package_yaml)
+    dotted = PACKAGE_MODULE.removeprefix("src/").removesuffix(".py").replace("/", ".")
+    assert cfg._target_.rpartition(".")[0] == dotted
+    rep = instantiate(cfg)
+    assert type(rep).__module__ == dotted and rep.name == "topk"
+    g = torch.Generator().manual_seed(0)
+    embedding = torch.randn(40, 8, generator=g)
+    logits = torch.randn(3, 40, generator=g)
+    rep.prepare(embedding)
+    step = rep.step(logits, embedding, g)
+    replayed = rep.log_prob(logits, step.embeds, step.ids, embedding)
+    # ~d/2 log(2 pi sigma^2) + |eps|^2 / 2: values of order 10 in float32
+    torch.testing.assert_close(replayed, step.logp, rtol=1e-5, atol=1e-4)
+    # only the k most likely rows enter the mixture: changing another row of E leaves it unchanged
+    outside = logits[0].argsort()[0]
+    moved = embedding.clone()
+    moved[outside] += 100.0
+    torch.testing.assert_close(rep.mixture(logits[:1], moved), rep.mixture(logits[:1], embedding))
+
+
+def test_outside_recipe_trains(tmp_path, tiny_model_dir, monkeypatch):
+    blocks = recipe()
+    module, outside_yaml, command = blocks["python"][0], blocks["yaml"][1], blocks["bash"][0].strip()
+    root = tmp_path / "path" / "to"  # the README's /path/to
+    (root / "conf" / "representer").mkdir(parents=True)
+    (root / "topk.py").write_text(module)
+    (root / "conf" / "representer" / "topk.yaml").write_text(outside_yaml)
+    words = shlex.split(command.replace("/path/to", str(root)))
+    env, entry, overrides = words[0], words[1:3], words[3:]
+    assert env.startswith("PYTHONPATH=") and entry == ["python", "train.py"]
+    monkeypatch.syspath_prepend(env.removeprefix("PYTHONPATH="))
+    monkeypatch.delitem(sys.modules, "topk", raising=False)
+    test_only = ["debug=fast", "trainer.max_steps=1", f"model.name_or_path={tiny_model_dir}"]
+    test_only += ["callbacks.rich_progress_bar=null", "logger=csv"]
+    cfg = compose_train([*overrides, *test_only], tmp_path / "run")
     metrics = train_script.train(cfg)
-    assert "my_topk" in sys.modules  # the representer was imported from the test's folder, not the package
+    assert sys.modules["topk"].__file__ == str(root / "topk.py")  # imported from outside the package
     assert "val/accuracy_topk" in metrics and math.isfinite(metrics["train/loss"])
     assert (tmp_path / "run" / "policy" / "model.safetensors").exists()
+
+
+def test_recipe_yaml_files_differ_only_in_the_target():
+    package, outside = (dict(OmegaConf.create(y)) for y in recipe()["yaml"])
+    assert package.pop("_target_") != outside.pop("_target_") and package == outside

@@ -1,9 +1,10 @@
 """The evaluation run behind evaluate.py: load a policy, solve a test set under the inference grid, report.
 
-PAPER.md, "Evaluation": each model is run under six inference settings (hard / soft / fuzzy CoT tokens,
-greedy or sampled; the answer is always greedy) and scored by greedy pass@1, sample pass@1 and sample
-pass@k. Optionally it also scores out-of-domain multiple choice (HellaSwag, ARC, MMLU). The run folder gets
-results.json (everything, read by scripts/report.py), results.csv, results.md and PNG plots.
+docs/method.md, "Inference settings and metrics": each model is run under six inference settings
+(hard / soft / fuzzy CoT tokens, greedy or sampled; the answer is always greedy) and scored by greedy
+pass@1, sample pass@1 and sample pass@k, each with its standard error over problems. Optionally it also
+scores out-of-domain multiple choice (HellaSwag, ARC, MMLU). The run folder gets results.json (everything,
+read by scripts/report.py), results.csv, results.md and PNG plots.
 """
 
 from __future__ import annotations

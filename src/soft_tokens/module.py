@@ -1,7 +1,7 @@
 """The LightningModule: a policy (and, when needed, a frozen reference) trained by RL on its own rollouts.
 
-One training step (DESIGN.md, "One training step"): roll out G samples of each of the B prompts under the
-training representer (no gradient, eval mode) -> rewards -> advantages -> for each of `num_iterations`
+One training step (docs/method.md, "One training step"): roll out G samples of each of the B prompts
+under the training representer (no gradient, eval mode) -> rewards -> advantages -> for each of `num_iterations`
 passes: teacher-forced log-probs of every micro-batch -> loss -> backward (gradients accumulate over the
 micro-batches) -> clip -> one optimizer step.
 """

@@ -1,4 +1,4 @@
-"""Out-of-domain multiple-choice evaluation (PAPER.md, "Evaluation": HellaSwag, ARC, MMLU).
+"""Out-of-domain multiple choice: HellaSwag, ARC, MMLU (docs/method.md, "Inference settings and metrics").
 
 Every dataset is mapped to one common form, `ChoiceItem(context, choices, answer)`, by a loader per hub
 format (`hellaswag`: ctx/endings/label, `arc`: question/choices.text/answerKey, `mmlu`:

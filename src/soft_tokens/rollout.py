@@ -1,4 +1,4 @@
-"""Batched, KV-cached generation of a chain of thought and an answer (PAPER.md, "Generation protocol").
+"""Batched, KV-cached generation of a chain of thought and an answer (docs/method.md, "Generation protocol").
 
 Every row runs its own little state machine, all rows advancing one position per forward pass:
 

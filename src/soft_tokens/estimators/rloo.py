@@ -1,4 +1,4 @@
-"""RLOO: REINFORCE with a leave-one-out baseline (PAPER.md, "Reward and estimator")."""
+"""RLOO: REINFORCE with a leave-one-out baseline (docs/method.md, "Estimators")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gumbel-softmax soft tokens (SofT-GRPO, arXiv 2511.06411; PAPER.md, "Related methods").
+"""Gumbel-softmax soft tokens (SofT-GRPO, arXiv 2511.06411; docs/method.md, "Related methods").
 
 At each CoT step the k most likely tokens are kept with their log-probabilities renormalised over the k,
 q = log softmax(logits)[top k] - logsumexp(...); Gumbel noise perturbs them, z = q + g with g ~ Gumbel(0, 1);

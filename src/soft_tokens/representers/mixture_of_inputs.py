@@ -1,4 +1,4 @@
-"""Mixture of Inputs (arXiv 2505.14827; PAPER.md, "Related methods"): training-free.
+"""Mixture of Inputs (arXiv 2505.14827; docs/method.md, "Related methods"): training-free.
 
 A token y is sampled (argmax when greedy) as usual, and the next input blends its embedding with the
 distribution's mixture: the posterior mean of a Dirichlet prior alpha = H p (p = softmax(logits / T), H its

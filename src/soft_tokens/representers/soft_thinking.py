@@ -1,4 +1,4 @@
-"""Top-k soft thinking (Soft Thinking, arXiv 2505.15778; PAPER.md, "Related methods"): training-free.
+"""Top-k soft thinking (Soft Thinking, arXiv 2505.15778; docs/method.md, "Related methods"): training-free.
 
 Each CoT input is the mixture of the top-k token embeddings weighted by their probabilities at temperature
 T, after top-p and min-p filtering, renormalised over what is kept. With an entropy threshold set, a row's
