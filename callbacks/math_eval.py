@@ -8,8 +8,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
+from callbacks.periodic import PeriodicEval, tensorboard_writers
+from soft_tokens.data.types import Example
 from soft_tokens.distributed import full_parameters
 from soft_tokens.evaluate_run import EvalSetting, build_setting
 from soft_tokens.evaluation import InferenceSetting, solve
@@ -20,7 +21,7 @@ from soft_tokens.representers.base import TokenRepresenter
 log = logging.getLogger(__name__)
 
 
-class MathEval(L.Callback):
+class MathEval(PeriodicEval):
     """Every `every_n_steps` optimizer steps (and at step 0 and the last step) solve the validation problems.
 
     `val/accuracy` is hard-greedy accuracy (the paper's "hard truths"), used to pick checkpoints.
@@ -29,7 +30,8 @@ class MathEval(L.Callback):
     `val/<name>/pass@1` and `val/<name>/pass@<k>` for each k of k_values (default: 1, powers of two, and
     num_samples). Metrics are synchronised over processes (each one solves a disjoint shard of the problems).
     With a TensorBoard logger, the mean CoT entropy by position of every setting run is logged as a figure
-    (`val/cot_entropy`).
+    (`val/cot_entropy`) and the first `num_logged_samples` hard-greedy completions as text
+    (`val/completions`: question, chain of thought, answer, gold); the same are printed to the log.
     """
 
     def __init__(
@@ -43,15 +45,14 @@ class MathEval(L.Callback):
         num_logged_samples: int = 3,
         log_entropy_figure: bool = True,
     ) -> None:
+        super().__init__(every_n_steps)
         self.hard_greedy = hard_greedy
         self.settings = [build_setting(str(name), spec) for name, spec in (settings or {}).items()]
-        self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.max_examples = max_examples
         self.also_training_representer = also_training_representer
         self.num_logged_samples = num_logged_samples
         self.log_entropy_figure = log_entropy_figure
-        self._last_step = -1
 
     def _settings(self, pl_module) -> list[EvalSetting]:
         """The settings to run for this module, the checkpoint-selection one first."""
@@ -76,7 +77,6 @@ class MathEval(L.Callback):
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
         """Solve the validation split under every setting and log the metrics."""
         step = trainer.global_step
-        self._last_step = step
         examples = self._examples(trainer)
         device = pl_module.device
         metrics: dict[str, float] = {}
@@ -107,33 +107,51 @@ class MathEval(L.Callback):
             profile.update(res.entropy_sum, res.entropy_count)
             profiles[ev.setting.name] = profile.compute().cpu()
             if ev.accuracy_key == "val/accuracy" and trainer.is_global_zero:
-                for q, c in list(zip(examples, res.completions))[: self.num_logged_samples]:
-                    log.info("step %d | %s -> %s (gold %s)", step, q.question, c[0], q.answer)
-        for key, value in metrics.items():
-            pl_module.log(
-                key, value, on_step=True, on_epoch=False, prog_bar=key == "val/accuracy", rank_zero_only=True
-            )
+                self._log_completions(trainer, examples, res, step)
+        self.publish(trainer, metrics, step)
         if trainer.is_global_zero:
             log.info("step %d | %s", step, "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
             if self.log_entropy_figure:
                 self._log_entropy_figure(trainer, profiles, step)
         return metrics
 
+    def _log_completions(self, trainer: L.Trainer, examples: list[Example], res, step: int) -> None:
+        """Print the first completions (CoT, for soft/fuzzy its argmax shadow, then the answer) and log them."""
+        rows = list(zip(examples, res.cot_texts, res.completions, res.correct))[: self.num_logged_samples]
+        for ex, cot, answer, ok in rows:
+            log.info(
+                "step %d | Q: %s\n  CoT: %s\n  answer: %s | gold %s (%s)",
+                step,
+                ex.question,
+                cot[0],
+                answer[0],
+                ex.answer,
+                "correct" if bool(ok[0]) else "wrong",
+            )
+        writers = tensorboard_writers(trainer)
+        if rows and writers:
+            text = completions_markdown(
+                [(ex.question, c[0], a[0], ex.answer, bool(k[0])) for ex, c, a, k in rows]
+            )
+            for writer in writers:
+                writer.add_text("val/completions", text, global_step=step)
+
     @staticmethod
     def _log_entropy_figure(trainer: L.Trainer, profiles: dict[str, torch.Tensor], step: int) -> None:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers:
+        writers = tensorboard_writers(trainer)
+        if not writers:
             return
         fig = entropy_figure(profiles, title=f"CoT entropy by position, step {step}")
-        for lg in loggers:
-            lg.experiment.add_figure("val/cot_entropy", fig, global_step=step, close=False)
+        for writer in writers:
+            writer.add_figure("val/cot_entropy", fig, global_step=step, close=False)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == 0 and self._last_step != 0:
-            self.evaluate(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        last = trainer.max_steps > 0 and step >= trainer.max_steps
-        if step != self._last_step and (step % self.every_n_steps == 0 or last):
-            self.evaluate(trainer, pl_module)
+def completions_markdown(rows: list[tuple[str, str, str, str, bool]]) -> str:
+    """A markdown table of (question, CoT, answer, gold, correct) rows, for TensorBoard's text tab."""
+
+    def cell(text: str) -> str:
+        return " ".join(str(text).split()).replace("|", "\\|")
+
+    lines = ["| question | chain of thought | answer | gold | correct |", "|---|---|---|---|---|"]
+    lines += [f"| {cell(q)} | {cell(c)} | {cell(a)} | {cell(g)} | {ok} |" for q, c, a, g, ok in rows]
+    return "\n".join(lines)

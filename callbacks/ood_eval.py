@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from callbacks.periodic import PeriodicEval
 from soft_tokens.distributed import full_parameters
 from soft_tokens.metrics import MeanAccuracy, MeanNLL
 from soft_tokens.ood import ChoiceItem, load_choice_items, score_choices
@@ -22,7 +23,7 @@ from soft_tokens.ood import ChoiceItem, load_choice_items, score_choices
 log = logging.getLogger(__name__)
 
 
-class OODEval(L.Callback):
+class OODEval(PeriodicEval):
     """Every `every_n_steps` optimizer steps (and at step 0 and the last step) score the OOD datasets.
 
     `datasets` maps a name to the arguments of `soft_tokens.ood.load_choice_items` (format, path, name,
@@ -41,13 +42,12 @@ class OODEval(L.Callback):
     ) -> None:
         if not datasets:
             raise ValueError("OODEval needs at least one dataset")
+        super().__init__(every_n_steps)
         self.dataset_cfgs = {str(k): dict(v) for k, v in datasets.items()}
-        self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.max_length = max_length
         self.items: dict[str, list[ChoiceItem]] | None = None
         self.base: dict[str, dict[str, float]] = {}
-        self._last_step = -1
         self._warned = False
 
     # ----- data
@@ -88,7 +88,6 @@ class OODEval(L.Callback):
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
         """Score the policy (and the base, the first time) on every dataset and log the metrics."""
         step = trainer.global_step
-        self._last_step = step
         ref = pl_module.ref_model
         if not self.base and ref is not None:
             self.base = self.score(ref, pl_module, trainer)
@@ -110,23 +109,12 @@ class OODEval(L.Callback):
                 metrics[f"ood/{name}/nll_delta_vs_base"] = m["nll"] - self.base[name]["nll"]
                 metrics[f"ood/{name}/base_accuracy"] = self.base[name]["accuracy"]
                 metrics[f"ood/{name}/base_nll"] = self.base[name]["nll"]
-        for key, value in metrics.items():
-            pl_module.log(key, value, on_step=True, on_epoch=False, rank_zero_only=True)
+        self.publish(trainer, metrics, step)
         if trainer.is_global_zero:
             log.info("step %d | %s", step, "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
         return metrics
 
-    # ----- hooks
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == 0 and self._last_step != 0:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        last = trainer.max_steps > 0 and step >= trainer.max_steps
-        if step != self._last_step and (step % self.every_n_steps == 0 or last):
-            self.evaluate(trainer, pl_module)
-
+    # ----- checkpoint state
     def state_dict(self) -> dict[str, Any]:
         return {"base": self.base}
 

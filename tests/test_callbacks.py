@@ -121,15 +121,19 @@ class _Module:
     def __init__(self, policy, ref, tokenizer):
         self.policy, self.ref_model, self.tokenizer = policy, ref, tokenizer
         self.device = torch.device("cpu")
-        self.logged: dict[str, float] = {}
-
-    def log(self, key, value, **kwargs):
-        self.logged[key] = value
 
 
-def _trainer(step: int):
+def _trainer(step: int, metrics: dict | None = None):
+    """The parts of a Trainer the evaluation callbacks use; `callback_metrics` receives what they publish."""
     return SimpleNamespace(
-        global_step=step, global_rank=0, world_size=1, is_global_zero=True, max_steps=100, strategy=None
+        global_step=step,
+        global_rank=0,
+        world_size=1,
+        is_global_zero=True,
+        max_steps=100,
+        strategy=None,
+        loggers=[],
+        callback_metrics={} if metrics is None else metrics,
     )
 
 
@@ -139,19 +143,87 @@ def test_ood_eval_uses_the_reference_model_as_base(tiny_tokenizer):
     policy, ref = build_tiny_llama(len(tiny_tokenizer), seed=1), build_tiny_llama(len(tiny_tokenizer), seed=2)
     cb = OODEval({"arc": {"format": "arc", "path": str(FIXTURES / "arc_tiny.jsonl")}}, every_n_steps=5)
     module = _Module(policy, ref, tiny_tokenizer)
-    cb.on_train_batch_end(_trainer(5), module, None, None, 0)  # a resumed run: step 5, with a reference model
-    logged = module.logged
+    logged: dict = {}
+    cb.on_train_batch_end(
+        _trainer(5, logged), module, None, None, 0
+    )  # a resumed run: step 5, with a reference
+    logged = {k: float(v) for k, v in logged.items()}
     assert logged["ood/arc/nll_delta_vs_base"] == pytest.approx(
         logged["ood/arc/nll"] - logged["ood/arc/base_nll"]
     )
     assert logged["ood/arc/nll_delta_vs_base"] != 0.0  # two different models
-    assert cb.state_dict()["base"]["arc"]["nll"] == logged["ood/arc/base_nll"]
+    assert cb.state_dict()["base"]["arc"]["nll"] == pytest.approx(logged["ood/arc/base_nll"])
 
     # without a reference model and not starting at step 0: no base, so no delta (unless restored from a checkpoint)
     cb2 = OODEval({"arc": {"format": "arc", "path": str(FIXTURES / "arc_tiny.jsonl")}}, every_n_steps=5)
-    module2 = _Module(policy, None, tiny_tokenizer)
-    cb2.on_train_batch_end(_trainer(5), module2, None, None, 0)
-    assert "ood/arc/accuracy" in module2.logged and "ood/arc/nll_delta_vs_base" not in module2.logged
+    module2, logged2 = _Module(policy, None, tiny_tokenizer), {}
+    cb2.on_train_batch_end(_trainer(5, logged2), module2, None, None, 0)
+    assert "ood/arc/accuracy" in logged2 and "ood/arc/nll_delta_vs_base" not in logged2
     cb2.load_state_dict(cb.state_dict())
-    cb2.on_train_batch_end(_trainer(10), module2, None, None, 0)
-    assert module2.logged["ood/arc/nll_delta_vs_base"] == pytest.approx(logged["ood/arc/nll_delta_vs_base"])
+    cb2.on_train_batch_end(_trainer(10, logged2), module2, None, None, 0)
+    assert float(logged2["ood/arc/nll_delta_vs_base"]) == pytest.approx(
+        float(logged["ood/arc/nll_delta_vs_base"])
+    )
+
+
+def _scalar_steps(events, tag: str) -> list[int]:
+    return [e.step for e in events.Scalars(tag)]
+
+
+@pytest.mark.parametrize(
+    "max_steps,every,expected",
+    [(6, 3, [0, 3, 6]), (3, 1, [0, 1, 2, 3]), (3, 40, [0, 3])],  # the last: a run shorter than every_n_steps
+)
+def test_eval_metrics_once_per_evaluation_at_their_step(tmp_path, tiny_model_dir, max_steps, every, expected):
+    import csv
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cfg = compose_train(
+        [
+            "debug=fast",
+            f"model.name_or_path={tiny_model_dir}",
+            f"trainer.max_steps={max_steps}",
+            f"callbacks.math_eval.every_n_steps={every}",
+            "callbacks.rich_progress_bar=null",
+            "callbacks=ood",
+            f"callbacks.ood_eval.datasets.arc.path={FIXTURES / 'arc_tiny.jsonl'}",
+            "~callbacks.ood_eval.datasets.mmlu",
+            "~callbacks.ood_eval.datasets.hellaswag",
+            "logger=[tensorboard,csv]",
+        ],
+        tmp_path,
+    )
+    train_script.train(cfg)
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    for tag in ("val/accuracy", "ood/arc/accuracy", "ood/arc/nll"):
+        assert _scalar_steps(events, tag) == expected, tag
+    assert [e.step for e in events.Tensors("val/completions/text_summary")] == expected
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["val/accuracy"]] == expected
+    assert [int(r["step"]) for r in rows if r["ood/arc/accuracy"]] == expected
+    # the best checkpoint and policy_best exist even when no step is a multiple of every_n_steps
+    assert (tmp_path / "policy_best" / "model.safetensors").exists()
+    if every > max_steps:
+        assert list((tmp_path / "checkpoints").glob(f"step{max_steps:05d}-*.ckpt"))
+    summary = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+    assert all(k.startswith(("train/", "val/", "ood/")) for k in summary), sorted(summary)
+    # HParams: the resolved config, with val/accuracy as the session's metric
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hp = start.session_start_info.hparams
+    assert hp["module.samples_per_prompt"].number_value == 2 and hp["representer.name"].string_value == "hard"
+    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in exp.metric_infos] == ["val/accuracy"]
+    assert "module" in (tmp_path / "tensorboard" / "hparams.yaml").read_text()
+
+
+def test_completions_markdown_escapes_cells():
+    from callbacks.math_eval import completions_markdown
+
+    text = completions_markdown([("q | x", "a\nb", "\\boxed{1}", "1", True)])
+    assert text.splitlines()[2] == "| q \\| x | a b | \\boxed{1} | 1 | True |"
