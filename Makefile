@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[dev,wandb]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,10 +26,11 @@ train: install  ## python train.py on the embedded default; extra overrides: mak
 evaluate: install  ## python evaluate.py; e.g. make evaluate ARGS="checkpoint=outputs/train/runs/<run>/policy"
 	$(BIN)/python evaluate.py $(ARGS)
 
-test: install  ## lint, format check, fast tests
+test: install  ## lint, format check, fast tests; the numerics tests once more on the portable (non-SIMD) kernels
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -m numerics $(PYTEST_ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -14,7 +14,8 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from soft_tokens import tiny
 
 # Tests run tiny models: one intra-op thread avoids oversubscription (and is much faster on a busy machine).
-torch.set_num_threads(1)
+# SOFT_TOKENS_TEST_THREADS=N runs them with N threads (other GEMM blockings, other rounding).
+torch.set_num_threads(int(os.environ.get("SOFT_TOKENS_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from numerics import decode_logit_differences, gumbel_tolerance, record_decode_logits, teacher_forced_logits
 from test_representers import central_diff, gen, make
 from test_rollout import PROMPTS
 from torch.distributions import Gumbel
@@ -117,14 +118,22 @@ def test_gumbel_seeded_noise_reproduces_and_differs_across_seeds():
     assert not torch.equal(a.aux["perturbed"], c.aux["perturbed"])
 
 
-def test_gumbel_rollout_stores_aux_and_replays_its_log_probs(tiny_model, tiny_tokenizer):
-    engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=10, answer_max_tokens=4))
+@pytest.mark.numerics
+def test_gumbel_rollout_stores_aux_and_replays_its_log_probs(tiny_model, tiny_tokenizer, monkeypatch):
+    # No row compaction, so that each recorded CoT step maps to one column of the rollout.
+    cfg = RolloutConfig(max_cot_tokens=10, answer_max_tokens=4, compact_fraction=2.0)
     rep = GumbelSoftmaxRepresenter(top_k=6)
-    ro = engine.generate(tiny_model.eval(), PROMPTS, rep, generator=gen(0))
+    calls = record_decode_logits(rep, monkeypatch)
+    ro = RolloutEngine(tiny_tokenizer, cfg).generate(tiny_model.eval(), PROMPTS, rep, generator=gen(0))
     assert ro.aux["topk_ids"].shape == (*ro.cot_mask.shape, 6) and ro.aux["perturbed"].dtype == torch.float32
     assert (ro.aux["perturbed"][~ro.cot_mask] == 0).all()
     lp = rollout_log_probs(tiny_model, ro, rep)
-    torch.testing.assert_close(lp.logp[ro.cot_mask], ro.logp[ro.cot_mask], rtol=1e-4, atol=1e-4)
+    logits, bound = teacher_forced_logits(tiny_model, ro)
+    dz_max, _ = decode_logit_differences(logits, bound, ro, calls)
+    cot = ro.cot_mask
+    q, _ = rep.candidates(logits[cot], ro.aux["topk_ids"][cot])
+    tol = gumbel_tolerance(q, ro.aux["perturbed"][cot], dz_max[cot])
+    assert ((lp.logp[cot] - ro.logp[cot]).abs() <= tol).all()
     moved = ro.to("cpu")
     assert set(moved.aux) == {"topk_ids", "perturbed"}
 
