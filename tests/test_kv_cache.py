@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_rollout import PROMPTS
 from transformers import DynamicCache
@@ -47,6 +48,7 @@ def test_preallocated_cache_replaces_only_plain_layers(tiny_model):
     assert len(cache.layers) == len(DynamicCache(config=tiny_model.config).layers)
 
 
+@pytest.mark.numerics
 def test_rollouts_are_the_same_with_either_cache(tiny_model, tiny_tokenizer, monkeypatch):
     engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=10, answer_max_tokens=4))
     model = tiny_model.eval()

@@ -214,6 +214,7 @@ def test_hard_greedy_is_argmax():
     torch.testing.assert_close(step.logp, torch.log_softmax(logits, -1).gather(-1, top[:, None])[:, 0])
 
 
+@pytest.mark.numerics
 def test_soft_step_logp_equals_log_prob_of_what_was_fed():
     logits, E = make(n=16)
     for tau in (0.5, 1e-4):
@@ -374,6 +375,7 @@ def test_invalid_settings_raise(make_rep):
 # --------------------------------------------------------------------------- soft: one pass for logits and mixture
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("scale,tau", [(1.0, 0.5), (50.0, 0.5), (1.0, 2.0)])
 def test_logits_and_mixture_equal_the_two_pass_computation(scale, tau):
     g = gen(11)
@@ -385,6 +387,7 @@ def test_logits_and_mixture_equal_the_two_pass_computation(scale, tau):
     torch.testing.assert_close(mix, torch.softmax(ref_logits / tau, dim=-1) @ E, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_soft_project_fuses_only_a_tied_head_on_cpu_at_a_mixing_temperature(monkeypatch):
     E = torch.randn(V, D, generator=gen(12))
     hidden = torch.randn(4, D, generator=gen(13))

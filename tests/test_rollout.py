@@ -70,6 +70,7 @@ def scripted(tiny_model, tokenizer, prompt: str, continuation: str) -> ScriptedL
     return model
 
 
+@pytest.mark.numerics
 def test_cached_decode_matches_full_recompute(tiny_model, tiny_tokenizer):
     engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=10, answer_max_tokens=4))
     ro = engine.generate(tiny_model, PROMPTS, HardRepresenter(), generator=torch.Generator().manual_seed(0))
@@ -227,6 +228,7 @@ def test_soft_rollout_reproducible_from_seed(tiny_model, tiny_tokenizer):
     assert not torch.equal(a.fed, c.fed)
 
 
+@pytest.mark.numerics
 def test_greedy_soft_adds_no_noise(tiny_model, tiny_tokenizer):
     engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=6, answer_max_tokens=2))
     rep = SoftRepresenter(greedy=True)
@@ -242,6 +244,7 @@ def test_greedy_soft_adds_no_noise(tiny_model, tiny_tokenizer):
     assert ((ro.fed[:, 0] - rep.mixture(logits, E)).norm(dim=-1) <= tol).all()
 
 
+@pytest.mark.numerics
 def test_done_rows_are_dropped_without_changing_results(tiny_model, tiny_tokenizer):
     prompts = PROMPTS * 2
     # The script makes the rows with the first prompt stop early, so they finish long before the others.
@@ -260,6 +263,7 @@ def test_done_rows_are_dropped_without_changing_results(tiny_model, tiny_tokeniz
     assert torch.allclose(a.logp, b.logp, atol=1e-5)
 
 
+@pytest.mark.numerics
 def test_soft_rollout_with_the_fused_head_matches_the_plain_head(tiny_tokenizer, monkeypatch):
     model = tiny_llama(len(tiny_tokenizer), tied=True)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
