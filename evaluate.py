@@ -18,6 +18,9 @@ import torch
 from omegaconf import DictConfig
 
 from soft_tokens.evaluate_run import evaluate
+from soft_tokens.run_folder import register_resolver
+
+register_resolver()  # run_dir in conf/hydra/default.yaml
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -149,17 +149,81 @@ class Untrusted:
 
 
 def test_checkpoints_with_foreign_objects_are_refused(tmp_path, tiny_model_dir):
-    # the project's own config dataclasses are allowed (older checkpoints pickled them in hyper_parameters)
-    cfg = ModelConfig(name_or_path="x")
-    torch.save(
-        {"state_dict": {"policy.w": torch.ones(2)}, "hyper_parameters": {"model": cfg}}, tmp_path / "ok.ckpt"
-    )
-    assert load_lightning_checkpoint(tmp_path / "ok.ckpt")["hyper_parameters"]["model"] == cfg
+    ok = {"state_dict": {"policy.w": torch.ones(2)}, "hyper_parameters": {"model": {"name_or_path": "x"}}}
+    torch.save(ok, tmp_path / "ok.ckpt")
+    assert load_lightning_checkpoint(tmp_path / "ok.ckpt")["hyper_parameters"]["model"] == {
+        "name_or_path": "x"
+    }
     torch.save({"state_dict": {}, "hyper_parameters": {"x": Untrusted()}}, tmp_path / "bad.ckpt")
-    with pytest.raises(ValueError, match="untrusted"):
+    with pytest.raises(ValueError, match=r"bad\.ckpt: the checkpoint pickles objects other than tensors"):
         load_lightning_checkpoint(tmp_path / "bad.ckpt")
+    # old checkpoints pickled the project's config dataclasses: refused too, with the way out
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {"model": ModelConfig(name_or_path="x")}},
+        tmp_path / "old.ckpt",
+    )
+    with pytest.raises(ValueError, match="export the policy with save_pretrained"):
+        load_lightning_checkpoint(tmp_path / "old.ckpt")
     with pytest.raises(FileNotFoundError):
         load_policy(ModelConfig(name_or_path=str(tiny_model_dir)), tmp_path / "nothing_here")
+
+
+class CraftedGlobal:
+    """Pickles as a call of soft_tokens.distributed.layer_class, which would import `target` when unpickled."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        from soft_tokens.distributed import layer_class
+
+        return layer_class, (self.target,)
+
+
+def test_crafted_checkpoint_imports_nothing(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "planted_module.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\nclass Layer: pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {"x": CraftedGlobal("planted_module.Layer")}},
+        tmp_path / "c.ckpt",
+    )
+    with pytest.raises(ValueError, match=r"c\.ckpt: the checkpoint pickles objects"):
+        load_lightning_checkpoint(tmp_path / "c.ckpt")
+    assert not marker.exists() and "planted_module" not in sys.modules
+    # and layer_class itself imports only decoder-layer modules of transformers
+    from soft_tokens.distributed import layer_class
+
+    with pytest.raises(ValueError, match="only classes under"):
+        layer_class("planted_module.Layer")
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="not a torch.nn.Module class"):
+        layer_class("transformers.models.llama.modeling_llama.LlamaConfig")
+    assert (
+        layer_class("transformers.models.llama.modeling_llama.LlamaDecoderLayer").__name__
+        == "LlamaDecoderLayer"
+    )
+
+
+def test_empty_checkpoint_is_named(tmp_path, tiny_model_dir):
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.ckpt: an empty file"):
+        load_policy(ModelConfig(name_or_path=str(tiny_model_dir)), tmp_path / "empty.ckpt")
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "empty.ckpt").read_bytes() + b"PK\x03\x04")
+    with pytest.raises(ValueError, match=r"cut\.ckpt: not a readable checkpoint"):
+        load_lightning_checkpoint(tmp_path / "cut.ckpt")
+
+
+def test_nonexistent_local_model_path_is_named(tmp_path):
+    for option in ("name_or_path", "tokenizer", "architecture"):
+        kwargs = {"name_or_path": "org/model", option: str(tmp_path / "no" / "model")}
+        with pytest.raises(FileNotFoundError, match=rf"model\.{option}=.*no/model: no such file or folder"):
+            ModelConfig(**kwargs)
+    with pytest.raises(FileNotFoundError, match="model.name_or_path=./missing/model"):
+        ModelConfig(name_or_path="./missing/model")
+    assert ModelConfig(name_or_path="meta-llama/Llama-3.2-3B").name_or_path == "meta-llama/Llama-3.2-3B"
 
 
 def _fake_results(name: str, offset: float, ood: bool) -> EvalResults:

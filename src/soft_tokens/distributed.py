@@ -10,14 +10,25 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+# Packages decoder-layer classes may come from (remote-code models load under transformers_modules).
+LAYER_CLASS_PACKAGES = ("transformers.", "transformers_modules.")
+
 
 def layer_class(path: str) -> type[torch.nn.Module]:
-    """A decoder-layer class from its dotted path (e.g. transformers.models.llama.modeling_llama.LlamaDecoderLayer)."""
+    """A decoder-layer class from its dotted path (e.g. transformers.models.llama.modeling_llama.LlamaDecoderLayer).
+
+    Only modules of `LAYER_CLASS_PACKAGES` are imported, and the object must be a torch module class.
+    """
     module_name, _, name = path.rpartition(".")
+    if not module_name.startswith(LAYER_CLASS_PACKAGES):
+        raise ValueError(f"layer class {path!r}: only classes under {LAYER_CLASS_PACKAGES} are imported")
     try:
-        return getattr(importlib.import_module(module_name), name)
+        cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as e:
         raise ValueError(f"cannot import the layer class {path!r}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ValueError(f"layer class {path!r} is not a torch.nn.Module class")
+    return cls
 
 
 def fsdp_strategy(

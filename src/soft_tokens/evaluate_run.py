@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib
 import json
 import logging
 import math
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,17 +28,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from soft_tokens.data.types import Example
 from soft_tokens.evaluation import InferenceSetting, Solutions, solve
+from soft_tokens.lora import LoraSettings, is_adapter_state, merge_adapter_state
 from soft_tokens.metrics import PassAtK, default_k_values
-from soft_tokens.models import ModelConfig
+from soft_tokens.models import ModelConfig, check_local_path
 from soft_tokens.representers.base import TokenRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
 
 log = logging.getLogger(__name__)
-
-# Classes a Lightning checkpoint of this project pickles in its hyper-parameters (plain config dataclasses):
-# the only globals `load_lightning_checkpoint` lets torch.load(weights_only=True) rebuild.
-TRUSTED_CHECKPOINT_PREFIXES = ("soft_tokens.",)
-
 
 # ----------------------------------------------------------------------------- inference settings
 
@@ -99,26 +95,25 @@ def build_settings(specs: Mapping[str, Any], only: Sequence[str] | None = None) 
 
 
 def load_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint read with torch.load(weights_only=True).
+    """A Lightning checkpoint read with plain torch.load(weights_only=True): tensors and plain types only.
 
-    The project's checkpoints pickle a few config dataclasses (ModelConfig, RolloutConfig, OptimConfig) in
-    their hyper-parameters; those, and only globals from this package, are allow-listed. Anything else makes
-    the load fail rather than run arbitrary code.
+    The project's checkpoints hold nothing else (their hyper-parameters are dicts). A checkpoint that
+    pickles any other object (a class, a function to call) is refused, never imported; so are old
+    checkpoints that pickled config dataclasses.
     """
-    path = str(path)
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    untrusted = [g for g in unsafe if not g.startswith(TRUSTED_CHECKPOINT_PREFIXES)]
-    if untrusted:
-        raise ValueError(
-            f"{path}: the checkpoint pickles objects of untrusted classes {untrusted}; refusing to load it. "
-            "Export the policy with save_pretrained and pass that folder as checkpoint=..."
-        )
-    classes = []
-    for name in unsafe:
-        module, _, attr = name.rpartition(".")
-        classes.append(getattr(importlib.import_module(module), attr))
-    with torch.serialization.safe_globals(classes):
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ValueError(f"{path}: {'an empty file' if path.is_file() else 'no such file'}, not a checkpoint")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: the checkpoint pickles objects other than tensors and plain types; refusing to load it "
+            f"(checkpoints written before this version pickled config classes: export the policy with "
+            f"save_pretrained and pass that folder as checkpoint=...). torch said: {str(err).splitlines()[0]}"
+        ) from None
+    except (EOFError, RuntimeError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from None
 
 
 def policy_state_dict(checkpoint: Mapping[str, Any], prefix: str = "policy.") -> dict[str, torch.Tensor]:
@@ -148,7 +143,8 @@ def load_policy(
     checkpoint: None -> the model of `model_cfg` (the base model); a `.ckpt` file -> a Lightning checkpoint
     of this project, whose `policy.*` weights are loaded into the model built from `model_cfg` (which must
     be the training run's model); a Hugging Face folder (e.g. a run's `policy/`), or a training run folder
-    holding one in `policy/` -> loaded with from_pretrained, with its own tokenizer if it has one.
+    holding one in `policy/` -> loaded with from_pretrained, with its own tokenizer if it has one; any other
+    name -> a hub model id, loaded as from_pretrained loads it (a LoRA checkpoint's adapters are merged).
     """
     model_cfg = _with(model_cfg, gradient_checkpointing=False)
     if checkpoint is None:
@@ -158,6 +154,9 @@ def load_policy(
         ckpt = load_lightning_checkpoint(path)
         model = model_cfg.load_model()
         state = policy_state_dict(ckpt)
+        if is_adapter_state(state):  # a LoRA run's checkpoint: its adapters, merged into the base weights
+            model = merge_adapter_state(model, state, trained_lora(ckpt, model_cfg), str(path))
+            return model.eval(), model_cfg.load_tokenizer(), str(path)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -170,6 +169,8 @@ def load_policy(
         return model.eval(), model_cfg.load_tokenizer(), str(path)
     if path.is_dir() and not _is_hf_folder(path) and _is_hf_folder(path / "policy"):
         path = path / "policy"
+    if not path.exists():
+        return load_hub_policy(model_cfg, str(checkpoint))
     if not _is_hf_folder(path):
         raise FileNotFoundError(
             f"checkpoint={checkpoint}: neither a Lightning .ckpt file nor a Hugging Face model folder"
@@ -183,6 +184,29 @@ def load_policy(
         revision=None,
     )
     return cfg.load_model().eval(), cfg.load_tokenizer(), str(path)
+
+
+def load_hub_policy(
+    model_cfg: ModelConfig, name: str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """A hub model id loaded as from_pretrained loads it (from the local cache when offline), its own tokenizer."""
+    check_local_path(name, "checkpoint")
+    cfg = _with(model_cfg, name_or_path=name, tokenizer=name, random_init=False, revision=None)
+    try:
+        return cfg.load_model().eval(), cfg.load_tokenizer(), name
+    except OSError as err:
+        raise FileNotFoundError(
+            f"checkpoint={name}: neither a Lightning .ckpt file, a Hugging Face model folder, nor a hub model "
+            f"from_pretrained can load: {err}"
+        ) from err
+
+
+def trained_lora(checkpoint: Mapping[str, Any], model_cfg: ModelConfig) -> LoraSettings:
+    """The LoRA settings a checkpoint was trained with (its hyper-parameters), else those of `model_cfg`."""
+    trained = (checkpoint.get("hyper_parameters") or {}).get("model")
+    lora = trained.get("lora") if isinstance(trained, Mapping) else getattr(trained, "lora", None)
+    settings = LoraSettings.of(lora)
+    return settings if settings.enabled else model_cfg.lora
 
 
 def resolve_device(device: str) -> torch.device:
