@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -266,3 +268,108 @@ def test_hub_configs(monkeypatch, name, train_answer):
         assert calls[-1] == ("HuggingFaceH4/MATH-500", None, "test")
     if name == "math":
         assert len(calls) == 7 + 2 and len(dm.examples("train")) == 21
+
+
+# ---- inputs the model cannot take
+
+
+def test_batch_size_must_be_positive():
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="data.batch_size must be a positive integer"):
+            make_dm(batch_size=bad)
+    with pytest.raises(ValueError, match="data.val_batch_size"):
+        make_dm(val_batch_size=0)
+
+
+def test_too_small_training_set_names_its_file(tmp_path):
+    path = tmp_path / "small.jsonl"
+    path.write_text('{"question": "q", "answer": "1"}\n')
+    with pytest.raises(
+        DataError, match=r"training set \(.*small\.jsonl\) has 1 examples, fewer than .*batch_size=2"
+    ):
+        instantiate("local", **{"train.path": str(path), "batch_size": 2}).setup("fit")
+
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "assets" / "embedded"
+LONG = "Tom has 3 apples and buys 4 more. " * 100  # about 3,400 characters: beyond 512 positions
+
+
+def embedded_budget(max_cot_tokens: int = 64):
+    from soft_tokens.data.lengths import prompt_budget
+    from soft_tokens.data.prompts import PromptBuilder
+    from soft_tokens.models import ModelConfig
+    from soft_tokens.rollout import RolloutConfig
+
+    model_cfg = ModelConfig(name_or_path=str(EMBEDDED))
+    tok = model_cfg.load_tokenizer()
+    prompt = PromptBuilder("compact")
+    return prompt_budget(model_cfg, tok, lambda q: prompt(q, tok), RolloutConfig(max_cot_tokens, 32))
+
+
+def long_rows(tmp_path: Path) -> Path:
+    rows = [
+        {"question": "q1", "answer": "1"},
+        {"question": LONG, "answer": "2"},
+        {"question": "q3", "answer": "3"},
+    ]
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_prompt_longer_than_the_model_names_file_and_line(tmp_path):
+    budget = embedded_budget()
+    assert budget.max_positions == 512 and budget.completion_tokens > 64 + 32
+    dm = instantiate("local", **{"train.path": str(long_rows(tmp_path)), "batch_size": 1})
+    dm.set_prompt_budget(budget)
+    with pytest.raises(DataError, match=r"long\.jsonl, line 2: the prompt is \d+ tokens.*512 positions"):
+        dm.setup("fit")
+
+
+def test_on_bad_row_skip_skips_too_long_prompts(tmp_path):
+    dm = instantiate(
+        "local", **{"train.path": str(long_rows(tmp_path)), "batch_size": 1, "on_bad_row": "skip"}
+    )
+    dm.set_prompt_budget(embedded_budget())
+    dm.setup("fit")
+    assert [e.answer for e in dm.examples("train")] == ["1", "3"]
+
+
+def test_max_prompt_tokens_cuts_long_questions_from_the_left(tmp_path, caplog):
+    budget = embedded_budget()
+    dm = instantiate(
+        "local", **{"train.path": str(long_rows(tmp_path)), "batch_size": 1, "max_prompt_tokens": 100}
+    )
+    dm.set_prompt_budget(budget)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    train = dm.examples("train")
+    assert [e.answer for e in train] == ["1", "2", "3"] and train[0].question == "q1"
+    assert LONG.endswith(train[1].question) and len(train[1].question) < len(LONG)
+    assert 90 <= budget.count([train[1].question])[0] <= 100  # cut at a token boundary, as little as needed
+    assert "cut 1 of 3 questions" in caplog.text
+    with pytest.raises(ValueError, match=r"data.max_prompt_tokens=500 must lie in 1\.\.\d+"):
+        make_dm(max_prompt_tokens=500).set_prompt_budget(budget)
+    with pytest.raises(ValueError, match="lower module.rollout.max_cot_tokens"):
+        make_dm().set_prompt_budget(embedded_budget(max_cot_tokens=600))
+
+
+@pytest.mark.parametrize("content, error", [("", "the file holds no rows"), (None, r"line 2: the prompt is")])
+def test_train_refuses_bad_data_before_loading_the_model(tmp_path, monkeypatch, content, error):
+    from test_train import compose_train
+
+    import train as train_script
+    from soft_tokens.models import ModelConfig
+
+    path = long_rows(tmp_path) if content is None else tmp_path / "long.jsonl"
+    if content is not None:
+        path.write_text(content)
+    overrides = ["debug=fast", "data=local", f"data.train.path={path}", "data.batch_size=1", "logger=csv"]
+    cfg = compose_train([*overrides, "callbacks.rich_progress_bar=null"], tmp_path / "run")
+
+    def no_model(self):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(ModelConfig, "load_model", no_model)
+    with pytest.raises(DataError, match=rf"long\.jsonl.*{error}"):
+        train_script.train(cfg)

@@ -161,6 +161,52 @@ def test_skip_counts_and_logs(tmp_path, caplog):
     assert "skipped 6 malformed rows" in caplog.text and "bad.jsonl, line 2" in caplog.text
 
 
+def test_invalid_utf8_names_file_and_line_and_can_be_skipped(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps({"question": "q", "answer": "1"}).encode()
+    path.write_bytes(
+        good + b"\n" + '{"question": "caf\u00e9", "answer": "2"}'.encode("latin-1") + b"\n" + good
+    )
+    with pytest.raises(DataError, match=r"latin1\.jsonl, line 2: not valid UTF-8"):
+        LocalSource(path).load()
+    src = LocalSource(path, on_bad_row="skip")
+    assert [e.answer for e in src.load()] == ["1", "1"] and src.n_skipped == 1
+    listed = tmp_path / "latin1.json"
+    listed.write_bytes(b'[{"question": "q", "answer": "1"},\n {"question": "caf\xe9", "answer": "2"}]')
+    with pytest.raises(DataError, match=r"latin1\.json, line 2: not valid UTF-8"):
+        LocalSource(listed, on_bad_row="skip").load()
+
+
+@pytest.mark.parametrize(
+    "name, content", [("e.jsonl", ""), ("e.jsonl", "\n \n"), ("e.json", "[]"), ("e.json", "")]
+)
+def test_empty_file_names_the_file(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=rf"{name}: the file holds no rows"):
+        LocalSource(tmp_path / name).load()
+
+
+def test_top_level_json_object_is_not_called_invalid(tmp_path):
+    path = tmp_path / "obj.json"
+    path.write_text(json.dumps({"data": [{"question": "q", "answer": "1"}]}, indent=1))
+    with pytest.raises(
+        DataError, match=r"obj\.json: the file holds one JSON dict \(keys: \['data'\]\), not a list"
+    ):
+        LocalSource(path).load()
+    path.write_text(json.dumps({"question": "q", "answer": "1"}))  # one JSON line: one row
+    assert [e.answer for e in LocalSource(path).load()] == ["1"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "[1, NaN]"])
+def test_non_finite_json_answers_are_bad_rows(tmp_path, value):
+    path = tmp_path / "nan.jsonl"
+    path.write_text('{"question": "q", "answer": 1}\n{"question": "q", "answer": ' + value + "}\n")
+    with pytest.raises(DataError, match=r"nan\.jsonl, line 2: answer field 'answer' is not a finite number"):
+        LocalSource(path).load()
+    src = LocalSource(path, on_bad_row="skip")
+    assert [e.answer for e in src.load()] == ["1"] and src.n_skipped == 1
+
+
 def test_bad_extension_and_bad_options(tmp_path):
     with pytest.raises(DataError, match=r"data\.csv: unsupported file extension '\.csv'"):
         LocalSource(tmp_path / "data.csv")
@@ -191,6 +237,9 @@ def fake_hub(monkeypatch):
             {"id": 1606, "question": "o1", "final_answer": ["$\\frac{1}{2}$"], "solution": ["..."]},
             {"id": 1607, "question": "o2", "final_answer": ["$3$", "$-1$"], "solution": ["..."]},
             {"id": 1608, "question": "o3", "final_answer": ["$x$ and $y$"], "solution": ["..."]},
+            # most real rows hold one element, which may list several values
+            {"id": 1609, "question": "o4", "final_answer": ["$69$,$84$"], "solution": ["..."]},
+            {"id": 1610, "question": "o5", "final_answer": ["$(1, 2), (3, 4)$"], "solution": ["..."]},
         ],
     }
     calls = []
@@ -247,8 +296,52 @@ def test_olympiadbench_config_reads_list_answers_without_dollars(fake_hub):
         ("1606", r"\frac{1}{2}"),
         ("1607", "3, -1"),
         ("1608", "$x$ and $y$"),
+        ("1609", "69, 84"),
+        ("1610", "(1, 2), (3, 4)"),
     ]
-    assert strip_math_delimiters("$a$, $b$") == "a, b" and strip_math_delimiters("$5") == "$5"
+
+
+@pytest.mark.parametrize(
+    "answer, stripped",
+    [
+        ("$a$, $b$", "a, b"),
+        ("$69$,$84$", "69, 84"),
+        ("$69$ , $84$", "69, 84"),
+        ("$(1, 2), (3, 4)$", "(1, 2), (3, 4)"),
+        (" $\\frac{1}{2}$ ", "\\frac{1}{2}"),
+        ("$5", "$5"),
+        ("$x$ and $y$", "$x$ and $y$"),
+        ("5", "5"),
+        ("$$", "$$"),
+    ],
+)
+def test_strip_math_delimiters(answer, stripped):
+    assert strip_math_delimiters(answer) == stripped
+
+
+def test_hub_configs_read_a_local_copy_through_path(tmp_path, fake_hub):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    rows = [{"id": 7, "question": "o", "final_answer": ["$69$,$84$"], "solution": ["..."]}]
+    copy = tmp_path / "OE_TO_maths_en_COMP.json"
+    copy.write_text(json.dumps(rows))
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("evaluate", ["data=olympiadbench", f"data.test.path={copy}"])
+    examples = instantiate(cfg.data.test).load()
+    assert [(e.id, e.answer) for e in examples] == [("7", "69, 84")] and fake_hub == []
+    assert examples[0].origin == f"{copy}, row 0"
+    # a [start:stop] split slice applies to the local rows (gsm8k's val is train[-200:])
+    gsm = write_jsonl(
+        tmp_path / "gsm8k.jsonl", [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(5)]
+    )
+    src = HubSource(str(gsm), "main", split="train[-2:]", answer_format="gsm8k")
+    assert [e.answer for e in src.load()] == ["3", "4"]
+    with pytest.raises(DataError, match=r"split 'train\[:10%\]'"):
+        HubSource(str(gsm), split="train[:10%]").load()
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        HubSource(str(tmp_path / "missing.parquet")).load()
 
 
 # ---- embedded arithmetic task

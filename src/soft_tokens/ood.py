@@ -12,7 +12,6 @@ are in the same hub format, selected by `path`.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -25,7 +24,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet")
+from soft_tokens.data.files import LOCAL_EXTENSIONS, BadRow, DataError, read_rows
+
 QA_TEMPLATE = "Question: {question}\nAnswer:"
 
 
@@ -120,17 +120,6 @@ def _resolve_local(path: str) -> Path | None:
     raise FileNotFoundError(f"multiple-choice data file not found: {path}")
 
 
-def _local_rows(path: Path) -> list[Any]:
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def load_choice_items(
     format: str,
     path: str,
@@ -149,9 +138,11 @@ def load_choice_items(
         raise ValueError(f"unknown multiple-choice format {format!r}; expected one of {sorted(FORMATS)}")
     to_item = FORMATS[format]
     local = _resolve_local(path)
+    positions: list[str] | None = None
     if local is not None:
-        rows: Any = _local_rows(local)
-        where = str(local)
+        pairs = read_rows(local)
+        rows: Any = [row for _, row in pairs]
+        positions, where = [pos for pos, _ in pairs], str(local)
     else:
         import datasets
 
@@ -163,10 +154,13 @@ def load_choice_items(
         indices = sorted(random.Random(seed).sample(indices, limit))
     items = []
     for i in indices:
+        at = f"{where}, {positions[i] if positions else f'row {i}'}"
+        if isinstance(rows[i], BadRow):
+            raise DataError(f"{at}: {rows[i]}")
         try:
             items.append(to_item(rows[i], str(i)))
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{where}, row {i}: cannot read it as {format}: {err!r}") from None
+            raise ValueError(f"{at}: cannot read it as {format}: {err!r}") from None
     return items
 
 

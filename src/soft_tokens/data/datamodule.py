@@ -9,7 +9,8 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from soft_tokens.data.sources import Source, check_on_bad_row
+from soft_tokens.data.lengths import PromptBudget
+from soft_tokens.data.sources import DataError, Source, check_on_bad_row
 from soft_tokens.data.types import Example
 
 Batch = dict[str, list[str]]  # {"question": [...], "answer": [...], "id": [...]}, one entry per prompt
@@ -111,7 +112,9 @@ class MathDataModule(L.LightningDataModule):
 
     Sources may be built objects with `load()`, `_target_` configs, or lists of Examples. `batch_size` is the
     number of prompts per optimizer step across all processes; each process gets batch_size / world_size.
-    `on_bad_row`, if set, overrides that setting of every source that has one.
+    `on_bad_row`, if set, overrides that setting of every source that has one. After `set_prompt_budget`,
+    every split is checked against the model's position limit when loaded (`max_prompt_tokens`: see
+    `soft_tokens.data.lengths`).
     """
 
     def __init__(
@@ -125,8 +128,12 @@ class MathDataModule(L.LightningDataModule):
         num_workers: int = 0,
         shuffle: bool = True,
         on_bad_row: str | None = None,
+        max_prompt_tokens: int | None = None,
     ):
         super().__init__()
+        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
         self.sources = {"train": _build(train), "val": _build(val), "test": _build(test)}
         if on_bad_row is not None:
             check_on_bad_row(on_bad_row)
@@ -136,6 +143,8 @@ class MathDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.seed, self.num_workers, self.shuffle = seed, num_workers, shuffle
+        self.max_prompt_tokens = max_prompt_tokens
+        self._budget: PromptBudget | None = None
         self._examples: dict[str, list[Example]] = {}
         self._sampler: ResumableSampler | None = None
         self._resume: dict[str, int] | None = None
@@ -146,8 +155,18 @@ class MathDataModule(L.LightningDataModule):
         """The Examples of a split ("train", "val", "test"), loaded once; [] if the split has no source."""
         if split not in self._examples:
             source = self.sources[split]
-            self._examples[split] = [] if source is None else source.load()
+            examples = [] if source is None else source.load()
+            if self._budget is not None:
+                skip = getattr(source, "on_bad_row", "raise") == "skip"
+                examples = self._budget.fit(examples, f"{split} split", self.max_prompt_tokens, skip)
+            self._examples[split] = examples
         return self._examples[split]
+
+    def set_prompt_budget(self, budget: PromptBudget) -> None:
+        """Check (or cut, with `max_prompt_tokens`) every split's prompts against the model's positions."""
+        budget.limit(self.max_prompt_tokens)  # a bad max_prompt_tokens fails now, before anything loads
+        self._budget = budget
+        self._examples.clear()
 
     def val_examples(self) -> list[Example]:
         """The validation Examples, for evaluation callbacks."""
@@ -164,6 +183,11 @@ class MathDataModule(L.LightningDataModule):
         )
         for split in splits:
             self.examples(split)
+        if "train" in splits and len(self.examples("train")) < self.batch_size:
+            raise DataError(
+                f"the training set ({_describe(self.sources['train'])}) has {len(self.examples('train'))} "
+                f"examples, fewer than one batch of data.batch_size={self.batch_size}"
+            )
 
     # ---- loaders
 
@@ -228,6 +252,12 @@ class MathDataModule(L.LightningDataModule):
         if self._sampler is not None:
             self._sampler.resume(**self._resume)
             self._resume = None
+
+
+def _describe(source: Any) -> str:
+    """A source's file or dataset, for error messages."""
+    path = getattr(source, "path", None)
+    return str(path) if path is not None else type(source).__name__
 
 
 def _build(spec: Any) -> Source | None:

@@ -1,31 +1,29 @@
 """Data sources: each one's `load()` returns a list of Examples.
 
 `ArithSource` generates the embedded arithmetic task; `HubSource` reads a Hugging Face hub dataset
-(GSM8K, MATH, MATH-500, DeepScaleR, ...); `LocalSource` reads a local .jsonl, .json or .parquet file.
-Hub and local rows go through the same field mapping and gold-answer parsing (`answer_format`).
+(GSM8K, MATH, MATH-500, DeepScaleR, ...) or a local copy of its rows; `LocalSource` reads a local .jsonl,
+.json or .parquet file. Hub and local rows go through the same field mapping and gold-answer parsing
+(`answer_format`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
+from soft_tokens.data.files import LOCAL_EXTENSIONS, BadRow, DataError, is_local_file, read_rows
 from soft_tokens.data.types import Example
 
 log = logging.getLogger(__name__)
 
 ANSWER_FORMATS = ("gsm8k", "math", "plain")
 BAD_ROW_MODES = ("raise", "skip")
-LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet")
-
-
-class DataError(ValueError):
-    """A malformed data file or row; the message says where and what is wrong."""
 
 
 class Source(Protocol):
@@ -119,10 +117,6 @@ class ArithSource:
 # ----------------------------------------------------------------------------- row-based sources
 
 
-class _BadRow(ValueError):
-    """What is wrong with one row; the source adds where it is."""
-
-
 def check_on_bad_row(value: str) -> str:
     """Validate an `on_bad_row` setting ("raise" or "skip")."""
     if value not in BAD_ROW_MODES:
@@ -181,8 +175,8 @@ class RowSource:
         for where, prefix, rows in self._tables():
             for k, (pos, row) in enumerate(rows):
                 try:
-                    yield self._parse(row, f"{prefix}-{k}")
-                except _BadRow as err:
+                    yield replace(self._parse(row, f"{prefix}-{k}"), origin=f"{where}, {pos}")
+                except BadRow as err:
                     message = f"{where}, {pos}: {err}"
                     if self.on_bad_row == "raise":
                         raise DataError(message) from None
@@ -190,22 +184,22 @@ class RowSource:
                     self._first_bad = self._first_bad or message
 
     def _parse(self, row: Any, default_id: str) -> Example:
-        if isinstance(row, _BadRow):
+        if isinstance(row, BadRow):
             raise row
         if not isinstance(row, Mapping):
-            raise _BadRow(f"expected an object with named fields, got {type(row).__name__}")
+            raise BadRow(f"expected an object with named fields, got {type(row).__name__}")
         question = _field(row, self.question_field)
         if not isinstance(question, str) or not question.strip():
-            raise _BadRow(
+            raise BadRow(
                 f"question field {self.question_field!r} is not a non-empty string: {question!r:.80}"
             )
         solution = _text(row, self.solution_field, optional=True) if self.solution_field else None
         try:
             answer, solution = self._gold(row, solution)
-        except _BadRow:
+        except BadRow:
             raise
         except ValueError as err:
-            raise _BadRow(f"cannot parse the gold answer: {err}") from None
+            raise BadRow(f"cannot parse the gold answer: {err}") from None
         id_ = str(_field(row, self.id_field)) if self.id_field else default_id
         return Example(question=question, answer=answer, solution=solution, id=id_)
 
@@ -216,7 +210,7 @@ class RowSource:
             return gsm8k_answer(text), solution or text.rsplit("####", 1)[0].strip() or None
         if self.answer_format == "math" and _empty(row.get(self.answer_field) if self.answer_field else None):
             if solution is None:
-                raise _BadRow(
+                raise BadRow(
                     f"no answer field {self.answer_field!r} and no solution to take \\boxed{{}} from"
                 )
             return boxed_answer(solution), solution
@@ -224,17 +218,24 @@ class RowSource:
         return (strip_math_delimiters(answer) if self.answer_format == "math" else answer), solution
 
 
+_INLINE_MATH = re.compile(r"\$([^$]+)\$")
+_INLINE_MATH_LIST = re.compile(r"\s*\$[^$]+\$(?:\s*,\s*\$[^$]+\$)*\s*")
+
+
 def strip_math_delimiters(answer: str) -> str:
-    """`$x$` -> `x` (and `$a$, $b$` -> `a, b`): gold answers written as inline math, as in OlympiadBench."""
-    parts = [p.strip() for p in answer.split(", ")]
-    if all(len(p) > 1 and p.startswith("$") and p.endswith("$") and p.count("$") == 2 for p in parts):
-        return ", ".join(p[1:-1].strip() for p in parts)
-    return answer
+    """`$x$` -> `x`, `$a$, $b$` or `$a$,$b$` -> `a, b`: gold answers written as inline math (OlympiadBench).
+
+    Only an answer made entirely of `$...$` spans (separated by commas) is changed; a single span may hold
+    commas itself (`$(1, 2), (3, 4)$`).
+    """
+    if not _INLINE_MATH_LIST.fullmatch(answer):
+        return answer
+    return ", ".join(m.group(1).strip() for m in _INLINE_MATH.finditer(answer))
 
 
 def _field(row: Mapping, name: str) -> Any:
     if name not in row:
-        raise _BadRow(f"missing field {name!r} (fields: {sorted(row)})")
+        raise BadRow(f"missing field {name!r} (fields: {sorted(row)})")
     return row[name]
 
 
@@ -247,7 +248,7 @@ def _text(row: Mapping, name: str, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str):
-        raise _BadRow(f"field {name!r} is not a string: {value!r:.80}")
+        raise BadRow(f"field {name!r} is not a string: {value!r:.80}")
     return value
 
 
@@ -255,17 +256,22 @@ def _scalar(row: Mapping, name: str) -> str:
     """An answer field as a stripped string; numbers are accepted (JSON files often store them so), and a
     list of them (OlympiadBench's final_answer) is joined with ", "."""
     value = _field(row, name)
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        raise BadRow(f"answer field {name!r} is not a finite number: {value!r:.80}")
     if isinstance(value, list) and value and all(isinstance(v, (str, int, float)) for v in value):
         value = ", ".join(str(v).strip() for v in value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
-        raise _BadRow(f"answer field {name!r} is empty or not a string/number: {value!r:.80}")
+        raise BadRow(f"answer field {name!r} is empty or not a string/number: {value!r:.80}")
     return value.strip()
 
 
 class HubSource(RowSource):
-    """A Hugging Face hub dataset split, read with `datasets.load_dataset`.
+    """A Hugging Face hub dataset split, read with `datasets.load_dataset`, or a local copy of its rows.
+
+    A `path` ending in .jsonl, .json or .parquet is read as a local file holding the rows of the split.
 
     `name` may be a list of configs, read one after the other (EleutherAI/hendrycks_math has one per subject).
     `split` accepts the slicing syntax of `datasets`, e.g. "train[:-200]".
@@ -294,6 +300,9 @@ class HubSource(RowSource):
         self.trust_remote_code = trust_remote_code
 
     def _tables(self) -> Iterator[tuple[str, str, Iterable[tuple[str, Any]]]]:
+        if is_local_file(self.path):
+            yield self._local_table()
+            return
         import datasets
 
         kwargs: dict[str, Any] = {}
@@ -307,6 +316,21 @@ class HubSource(RowSource):
             where = f"{self.path} ({config}split {self.split!r})"
             prefix = "-".join(p for p in (self.path.rsplit("/", 1)[-1], name, self.split) if p)
             yield where, prefix, ((f"row {i}", row) for i, row in enumerate(ds))
+
+    def _local_table(self) -> tuple[str, str, list[tuple[str, Any]]]:
+        """A local copy of the split's rows (`path` a .jsonl/.json/.parquet file): `name` does not apply, a
+        `[start:stop]` slice in `split` does (gsm8k's `train[:-200]`)."""
+        rows = read_rows(self.path)
+        where = str(self.path)
+        match = re.fullmatch(r"[^\[]*\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\]", self.split)
+        if match:
+            start, stop = (int(x) if x else None for x in match.groups())
+            rows, where = rows[start:stop], f"{where} (split {self.split!r})"
+        elif "[" in self.split:
+            raise DataError(
+                f"{self.path}: split {self.split!r}: a local copy takes only a [start:stop] slice of rows"
+            )
+        return where, Path(self.path).stem, rows
 
 
 class LocalSource(RowSource):
@@ -333,31 +357,4 @@ class LocalSource(RowSource):
             )
 
     def _tables(self) -> Iterator[tuple[str, str, Iterable[tuple[str, Any]]]]:
-        if not self.path.is_file():
-            raise FileNotFoundError(f"data file not found: {self.path}")
-        suffix = self.path.suffix.lower()
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = ((f"row {i}", row) for i, row in enumerate(pq.read_table(self.path).to_pylist()))
-        else:
-            text = self.path.read_text(encoding="utf-8")
-            if suffix == ".json" and text.lstrip().startswith("["):
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{self.path}: invalid JSON: {err}") from None
-                rows = ((f"row {i}", row) for i, row in enumerate(data))
-            else:  # JSON lines (what `datasets.Dataset.to_json` writes, even to a .json file)
-                rows = _json_lines(text)
-        yield str(self.path), self.path.stem, rows
-
-
-def _json_lines(text: str) -> Iterator[tuple[str, Any]]:
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"line {n}", json.loads(line)
-        except json.JSONDecodeError as err:
-            yield f"line {n}", _BadRow(f"invalid JSON: {err}")
+        yield str(self.path), self.path.stem, read_rows(self.path)

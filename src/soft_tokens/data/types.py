@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -13,3 +13,4 @@ class Example:
     answer: str
     solution: str | None = None  # reference solution in the paper's format, where one exists
     id: str = ""
+    origin: str = field(default="", compare=False)  # where it was read, e.g. "data.jsonl, line 3"
