@@ -280,7 +280,6 @@ class SoftTokensModule(L.LightningModule):
         effective = values.pop("train/effective_batch")
         self.log_dict(values, on_step=True, sync_dist=self.trainer.world_size > 1)
         self.log("train/effective_batch", effective, on_step=True)
-        self.log("reward", values["train/reward"], prog_bar=True, logger=False)
 
     # ----- checkpoints -----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
