@@ -65,7 +65,10 @@ def test_bad_rows_and_formats_are_reported(tmp_path):
     bad = tmp_path / "bad.jsonl"
     row = {"question": "q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "Z"}
     bad.write_text(json.dumps(row) + "\n")
-    with pytest.raises(ValueError, match="row 0"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 1: cannot read it as arc"):
+        load_choice_items("arc", str(bad))
+    bad.write_bytes(json.dumps({**row, "answerKey": "A"}).encode() + b"\n" + b'{"question": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not valid UTF-8"):
         load_choice_items("arc", str(bad))
     with pytest.raises(ValueError, match="unknown multiple-choice format"):
         load_choice_items("piqa", str(bad))

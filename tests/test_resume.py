@@ -46,10 +46,15 @@ def overrides() -> list[str]:
 
 
 def test_resume_after_crash_is_exact(tmp_path, monkeypatch):
-    full = compose_train(overrides(), tmp_path / "full")
+    # Keeping the checkpoint of the lowest accuracy makes an early step the best (accuracy rises here): a
+    # resume that lost the best-checkpoint tracking would take its first new checkpoint as the best.
+    tracked = [*overrides(), "callbacks.model_checkpoint.mode=min"]
+    full = compose_train(tracked, tmp_path / "full")
     train_script.train(full)
+    best = sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step*.ckpt"))
+    assert len(best) == 1 and not best[0].startswith("step00004"), best
 
-    crashed = compose_train(overrides(), tmp_path / "crashed")
+    crashed = compose_train(tracked, tmp_path / "crashed")
     build = builders.build_callbacks  # train.py imports it when a run starts
     monkeypatch.setattr(builders, "build_callbacks", lambda cfg: [*build(cfg), Crash(2)])
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -61,7 +66,7 @@ def test_resume_after_crash_is_exact(tmp_path, monkeypatch):
     # the README's command resumes in the crashed run's folder (conf/hydra/default.yaml's run_dir)
     folder = Path(run_dir(str(tmp_path / "new"), str(ckpt)))
     assert folder == (tmp_path / "crashed").resolve() and not (tmp_path / "new").exists()
-    resumed = compose_train([*overrides(), f"ckpt_path={ckpt}"], folder)
+    resumed = compose_train([*tracked, f"ckpt_path={ckpt}"], folder)
     train_script.train(resumed)
     initial = AutoModelForCausalLM.from_pretrained(ROOT / "assets" / "embedded").state_dict()
     for policy in ("policy", "policy_best"):
@@ -69,7 +74,6 @@ def test_resume_after_crash_is_exact(tmp_path, monkeypatch):
         b = load_file(tmp_path / "crashed" / policy / "model.safetensors")
         assert any(not torch.equal(a[k], initial[k]) for k in a), f"training did not change {policy}"
         assert all(torch.equal(a[k], b[k]) for k in a), policy
-    best = sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step*.ckpt"))
     assert best == sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").glob("step*.ckpt"))
 
 
