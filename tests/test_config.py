@@ -74,7 +74,7 @@ def test_unknown_choice_lists_the_options(group):
     assert all(c in msg for c in choices(group))
 
 
-@pytest.mark.parametrize("name", choices("experiment"))
+@pytest.mark.parametrize("name", [c for c in choices("experiment") if c.startswith("paper_")])
 def test_paper_presets_build_at_reduced_size(name):
     cfg = compose_train([f"experiment={name}", "paths.output_dir=/tmp/x"])
     assert cfg.trainer.max_steps == 4000 and cfg.module.samples_per_prompt == 32 and cfg.data.batch_size == 2
@@ -99,3 +99,11 @@ def test_paper_presets_build_at_reduced_size(name):
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert logits.shape == (1, 3, arch.vocab_size)
+
+
+@pytest.mark.parametrize("name,rep,cot_weight", [("embedded_soft", "soft", 1.0), ("embedded_fuzzy", "fuzzy", 0.0)])
+def test_embedded_study_experiments_compose(name, rep, cot_weight):
+    cfg = compose_train([f"experiment={name}", "paths.output_dir=/tmp/x"])
+    assert cfg.representer.name == rep and cfg.module.freeze_embeddings
+    assert cfg.module.samples_per_prompt == 16 and cfg.module.optim.lr == 3e-5
+    assert cfg.module.cot_grad_weight == cot_weight and cfg.model.name_or_path.endswith("embedded")

@@ -1,0 +1,140 @@
+"""The continuous-token RL study's table and plot: one row per training run, its knobs and its curves.
+
+Reads each run folder's resolved `config.yaml`, the validation lines that `callbacks/math_eval.py` writes
+to `train.log` (`step N | val/accuracy=...`), `summary.json` and the `train/grad_norm` scalars of its
+TensorBoard events; writes a markdown table (stdout or --out) and the validation curves (--plot).
+
+    python scripts/study_table.py outputs/study/*/0 --out docs/continuous_rl_study_runs.md \
+        --plot docs/continuous_rl_study_val.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+VAL_LINE = re.compile(r"step (\d+) \| (val/accuracy=.*)$")
+KNOBS = {  # column -> key in the resolved config
+    "representer": "representer.name",
+    "lr": "module.optim.lr",
+    "betas": "module.optim.betas",
+    "optim": "module.optim.name",
+    "G": "module.samples_per_prompt",
+    "B": "data.batch_size",
+    "steps": "trainer.max_steps",
+    "freeze E": "module.freeze_embeddings",
+    "untie": "model.untie_embeddings",
+    "E grad": "representer.embedding_grad",
+    "CoT grad w": "module.cot_grad_weight",
+    "gamma": "representer.gamma",
+    "tau": "representer.temperature",
+    "beta": "estimator.beta",
+    "seed": "seed",
+}
+
+
+def val_curve(log_file: Path) -> dict[int, float]:
+    """Hard-greedy validation accuracy by step, from the math-eval lines of a train.log."""
+    curve = {}
+    for line in log_file.read_text(errors="replace").splitlines():
+        m = VAL_LINE.search(line)
+        if m:
+            fields = dict(kv.split("=") for kv in m.group(2).split())
+            curve[int(m.group(1))] = float(fields["val/accuracy"])
+    return curve
+
+
+def grad_norms(run: Path) -> list[float]:
+    """The run's train/grad_norm scalars (pre-clipping total norm per optimizer step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: list[float] = []
+    for ev in sorted(run.glob("tensorboard/**/events.out.tfevents.*")):
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "train/grad_norm" in acc.Tags()["scalars"]:
+            values += [e.value for e in acc.Scalars("train/grad_norm")]
+    return values
+
+
+def run_row(run: Path) -> dict:
+    """Knobs, validation curve, grad-norm statistics and wall time of one run folder."""
+    cfg = OmegaConf.load(run / "config.yaml")
+    row = {k: OmegaConf.select(cfg, key, default="-") for k, key in KNOBS.items()}
+    row["betas"] = "/".join(str(b) for b in row["betas"]) if row["betas"] != "-" else "-"
+    if row["representer"] == "hard":
+        row.update({"E grad": "-", "gamma": "-"})
+    curve = val_curve(run / "train.log")
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    norms = sorted(grad_norms(run))
+    row.update(
+        run=run.parent.name if run.name.isdigit() else run.name,
+        curve=curve,
+        start=curve.get(0, float("nan")),
+        end=curve[max(curve)] if curve else float("nan"),
+        best=max(curve.values()) if curve else float("nan"),
+        best_step=max(curve, key=lambda s: (curve[s], -s)) if curve else "-",
+        grad_median=statistics.median(norms) if norms else float("nan"),
+        grad_p90=norms[int(0.9 * (len(norms) - 1))] if norms else float("nan"),
+        wall_s=summary.get("wall_s", "-"),
+    )
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    """One table row per run: knobs, val hard greedy start -> best (step) -> end, grad norms, wall time."""
+    knobs = [k for k in KNOBS if len({str(r[k]) for r in rows}) > 1 or k in ("representer", "lr", "seed")]
+    head = ["run", *knobs, "val start -> best (step) -> end", "grad norm median / p90", "wall (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        val = f"{r['start']:.3f} -> {r['best']:.3f} ({r['best_step']}) -> {r['end']:.3f}"
+        grads = f"{r['grad_median']:.3g} / {r['grad_p90']:.3g}"
+        cells = [r["run"], *(str(r[k]) for k in knobs), val, grads, str(r["wall_s"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Validation curves of every run, one line each, legend outside the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    cmap = plt.get_cmap("tab20")
+    for i, r in enumerate(rows):
+        steps = sorted(r["curve"])
+        ax.plot(steps, [r["curve"][s] for s in steps], marker="o", ms=3, color=cmap(i % 20), label=r["run"])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("val hard-greedy accuracy (200 problems)")
+    ax.axhline(rows[0]["start"] if rows else 0.0, color="grey", lw=0.8, ls="--")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (each with config.yaml and train.log)")
+    p.add_argument("--out", type=Path, help="markdown file (default: stdout)")
+    p.add_argument("--plot", type=Path, help="PNG of the validation curves")
+    args = p.parse_args(argv)
+    rows = [run_row(r) for r in args.runs if (r / "config.yaml").exists()]
+    text = markdown(rows)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+    if args.plot:
+        plot(rows, args.plot)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
