@@ -30,7 +30,6 @@ from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rewards import MathReward
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
 
-
 SAMPLING_TEMPERATURE = (
     0.7  # the embedded default's hard-token sampling temperature (conf/model/embedded.yaml)
 )
