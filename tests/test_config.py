@@ -101,7 +101,9 @@ def test_paper_presets_build_at_reduced_size(name):
     assert logits.shape == (1, 3, arch.vocab_size)
 
 
-@pytest.mark.parametrize("name,rep,cot_weight", [("embedded_soft", "soft", 1.0), ("embedded_fuzzy", "fuzzy", 0.0)])
+@pytest.mark.parametrize(
+    "name,rep,cot_weight", [("embedded_soft", "soft", 1.0), ("embedded_fuzzy", "fuzzy", 0.0)]
+)
 def test_embedded_study_experiments_compose(name, rep, cot_weight):
     cfg = compose_train([f"experiment={name}", "paths.output_dir=/tmp/x"])
     assert cfg.representer.name == rep and cfg.module.freeze_embeddings
