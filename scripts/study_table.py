@@ -4,8 +4,8 @@ Reads each run folder's resolved `config.yaml`, the validation lines that `callb
 to `train.log` (`step N | val/accuracy=...`), `summary.json` and the `train/grad_norm` scalars of its
 TensorBoard events; writes a markdown table (stdout or --out) and the validation curves (--plot).
 
-    python scripts/study_table.py outputs/study/*/0 --out docs/continuous_rl_study_runs.md \
-        --plot docs/continuous_rl_study_val.png
+    python scripts/study_table.py outputs/study/*/0 --out outputs/study/runs.md \
+        --plot outputs/study/val.png
 """
 
 from __future__ import annotations

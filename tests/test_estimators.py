@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from soft_tokens.estimators import GRPO, RLOO, Estimator, aggregate
+from soft_tokens.estimators import GRPO, RLOO, Estimator, StepTotals, aggregate
 from soft_tokens.estimators.grpo import grpo_advantages
 from soft_tokens.estimators.rloo import rloo_advantages
 
@@ -148,9 +148,14 @@ def test_unknown_scale_rewards_raises():
         ("sequence_sum", {}, 18 / 2),  # (3 + 15) / N
         ("grpo", {}, (3 / 2 + 15 / 3) / 2),  # per-sequence means, then mean = 3.25
         ("bnpo", {}, 18 / 5),  # over all valid steps
-        ("dapo", {"num_tokens": 12}, 18 / 12),  # over the optimisation step's token count
-        ("dapo", {"num_tokens": torch.tensor(9.0, dtype=F64)}, 18 / 9),
+        ("dapo", {"totals": StepTotals(2, 5, 12)}, 18 / 12),  # over the optimisation step's global count
+        ("dapo", {"totals": StepTotals(2, 5, torch.tensor(9.0, dtype=F64))}, 18 / 9),
         ("dapo", {}, 18 / 5),  # falls back to the batch's own valid count
+        # A micro-batch of a larger step: normalised by the step's sequences (4) and rank tokens (10).
+        ("sequence_sum", {"totals": StepTotals(4, 10, 20)}, 18 / 4),
+        ("grpo", {"totals": StepTotals(4, 10, 20)}, (3 / 2 + 15 / 3) / 4),
+        ("bnpo", {"totals": StepTotals(4, 10, 20)}, 18 / 10),
+        ("dr_grpo", {"max_length": 6, "totals": StepTotals(4, 10, 20)}, 18 / (4 * 6)),
         ("dr_grpo", {"max_length": 6}, 18 / (2 * 6)),  # N x max_length
         ("dr_grpo", {}, 18 / (2 * 3)),  # max_length defaults to S
     ],
@@ -179,7 +184,7 @@ ROW0, ROW1 = -(1.1 + 0.9), -2 * (1.05 + 0.95 + 1.0)  # -2.0 and -6.0; total -8.0
 
 
 @pytest.mark.parametrize(
-    ("loss_type", "max_length", "num_tokens", "value", "weights"),
+    ("loss_type", "max_length", "global_tokens", "value", "weights"),
     [
         # value, and the per-row weight w_i with d loss / d logp_it = -A_i * ratio_it * w_i on valid steps
         ("sequence_sum", None, None, (ROW0 + ROW1) / 2, [1 / 2, 1 / 2]),
@@ -189,10 +194,11 @@ ROW0, ROW1 = -(1.1 + 0.9), -2 * (1.05 + 0.95 + 1.0)  # -2.0 and -6.0; total -8.0
         ("dr_grpo", 8, None, (ROW0 + ROW1) / 16, [1 / 16, 1 / 16]),
     ],
 )
-def test_loss_types_values_and_gradients(loss_type, max_length, num_tokens, value, weights):
+def test_loss_types_values_and_gradients(loss_type, max_length, global_tokens, value, weights):
     est = RLOO(loss_type=loss_type, max_length=max_length)
     logp = torch.zeros(2, 3, dtype=F64, requires_grad=True)
-    loss, metrics = est.loss(logp, ADV, MASK, old_logp=-RATIOS.log(), num_tokens=num_tokens)
+    totals = StepTotals(2, 5, global_tokens) if global_tokens else None
+    loss, metrics = est.loss(logp, ADV, MASK, old_logp=-RATIOS.log(), totals=totals)
     assert loss.item() == pytest.approx(value, rel=1e-12)
     (grad,) = torch.autograd.grad(loss, logp)
     w = t(weights)[:, None]
@@ -205,7 +211,7 @@ def test_grpo_estimator_defaults_to_dapo():
     est = GRPO()
     assert est.loss_type == "dapo"
     logp = torch.zeros(2, 3, dtype=F64, requires_grad=True)
-    loss, _ = est.loss(logp, ADV, MASK, num_tokens=10)
+    loss, _ = est.loss(logp, ADV, MASK, totals=StepTotals(2, 5, 10))
     # ratio 1: per-step -A -> valid sum -(2 * 1 + 3 * 2) = -8, over 10 tokens.
     assert loss.item() == pytest.approx(-0.8, rel=1e-12)
 
@@ -357,3 +363,25 @@ def test_metrics_are_detached():
 def test_base_estimator_is_abstract():
     with pytest.raises(NotImplementedError):
         Estimator().advantages(REWARDS)
+
+
+# --------------------------------------------------------------------------- micro-batch split
+
+
+@pytest.mark.parametrize("loss_type", ["sequence_sum", "grpo", "bnpo", "dapo", "dr_grpo"])
+def test_micro_batch_losses_sum_to_the_unsplit_loss(loss_type):
+    # 4 sequences of unequal lengths split 3 + 1: with the step's totals the parts sum to the whole loss.
+    torch.manual_seed(0)
+    logp = torch.randn(4, 5, dtype=F64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]]).bool()
+    adv = t([1.0, -2.0, 0.5, 3.0])
+    est = RLOO(loss_type=loss_type, max_length=5)
+    whole, _ = est.loss(logp, adv, mask)
+    totals = StepTotals.of(mask)
+    parts = [est.loss(logp[s], adv[s], mask[s], totals=totals)[0] for s in (slice(0, 3), slice(3, 4))]
+    torch.testing.assert_close(sum(parts), whole, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("cls", [RLOO, GRPO])
+def test_group_estimators_say_they_need_a_group(cls):
+    assert cls.needs_group and not Estimator.needs_group

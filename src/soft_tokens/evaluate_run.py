@@ -233,10 +233,16 @@ class SettingResult:
     mean_entropy: float
     entropy_profile: list[float]
     seconds: float
+    pass_at_k_se: dict[int, float] = field(default_factory=dict)  # standard error over problems
+    entropy_rows: list[int] = field(default_factory=list)  # rows behind each position of entropy_profile
 
     @property
     def pass_at_1(self) -> float:
         return self.pass_at_k[1]
+
+    def se(self, k: int) -> float:
+        """Standard error of pass@k over problems (nan when unknown)."""
+        return self.pass_at_k_se.get(k, math.nan)
 
 
 @dataclass
@@ -255,7 +261,8 @@ class EvalResults:
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         for s in out["settings"]:
-            s["pass_at_k"] = {str(k): v for k, v in s["pass_at_k"].items()}
+            for key in ("pass_at_k", "pass_at_k_se"):
+                s[key] = {str(k): None if math.isnan(v) else v for k, v in s[key].items()}
             s["entropy_profile"] = [None if math.isnan(v) else v for v in s["entropy_profile"]]
         return out
 
@@ -264,7 +271,8 @@ class EvalResults:
         settings = []
         for s in data["settings"]:
             s = dict(s)
-            s["pass_at_k"] = {int(k): float(v) for k, v in s["pass_at_k"].items()}
+            for key in ("pass_at_k", "pass_at_k_se"):  # files written before standard errors lack them
+                s[key] = {int(k): math.nan if v is None else float(v) for k, v in (s.get(key) or {}).items()}
             s["entropy_profile"] = [math.nan if v is None else float(v) for v in s["entropy_profile"]]
             settings.append(SettingResult(**s))
         return EvalResults(**{**data, "settings": settings})
@@ -272,10 +280,12 @@ class EvalResults:
 
 def summarize(ev: EvalSetting, sol: Solutions, seconds: float) -> SettingResult:
     """A SettingResult from the solutions of one setting."""
-    pak = PassAtK(ev.k_values)
+    pak = PassAtK(ev.k_values, with_se=True)
     if sol.correct.shape[0]:
         pak.update(sol.correct)
-    pass_k = {int(k.split("@")[1]): float(v) for k, v in pak.compute().items()} if sol.correct.numel() else {}
+    values = {k: float(v) for k, v in pak.compute().items()} if sol.correct.numel() else {}
+    pass_k = {int(k.split("@")[1]): v for k, v in values.items() if not k.endswith("_se")}
+    pass_se = {int(k.split("@")[1].removesuffix("_se")): v for k, v in values.items() if k.endswith("_se")}
     profile = sol.entropy_profile()
     count = sol.entropy_count.sum()
     return SettingResult(
@@ -290,6 +300,8 @@ def summarize(ev: EvalSetting, sol: Solutions, seconds: float) -> SettingResult:
         mean_entropy=float(sol.entropy_sum.sum() / count) if count > 0 else math.nan,
         entropy_profile=profile.tolist(),
         seconds=seconds,
+        pass_at_k_se=pass_se or dict.fromkeys(ev.k_values, math.nan),
+        entropy_rows=[int(c) for c in sol.entropy_count.tolist()],
     )
 
 
@@ -349,16 +361,25 @@ def _pct(v: float | None) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
+def percent_with_se(v: float | None, se: float | None) -> str:
+    """A fraction in % with its standard error, e.g. '35.0 ± 7.6' ('' when missing, no ± when unknown)."""
+    value, error = _pct(v), _pct(se)
+    return f"{value} ± {error}" if value and error else value
+
+
 def results_table(res: EvalResults) -> tuple[list[str], list[list[Any]]]:
-    """(header, rows) of the per-setting results: pass@k in [0, 1] and the diagnostics."""
+    """(header, rows) of the per-setting results: pass@k in [0, 1], their standard errors, the diagnostics."""
     ks = sorted({k for s in res.settings for k in s.pass_at_k})
     header = ["setting", "decoding", "num_samples", "n_problems", *[f"pass@{k}" for k in ks]]
+    header += [f"pass@{k}_se" for k in ks]
     header += ["mean_reward", "mean_cot_length", "mean_entropy", "seconds"]
     rows = []
     for s in res.settings:
+        se = [s.se(k) if k in s.pass_at_k else None for k in ks]
         rows.append(
             [s.name, "greedy" if s.greedy else "sample", s.num_samples, s.n_problems]
             + [s.pass_at_k.get(k) for k in ks]
+            + [None if v is not None and math.isnan(v) else v for v in se]
             + [s.mean_reward, s.mean_cot_length, s.mean_entropy, s.seconds]
         )
     return header, rows
@@ -372,21 +393,24 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def results_markdown(res: EvalResults) -> str:
     header, rows = results_table(res)
-    n_pass = sum(h.startswith("pass@") for h in header)
+    n_pass = sum(h.startswith("pass@") and not h.endswith("_se") for h in header)
     shown = []
     for row in rows:
-        passes = [_pct(v) for v in row[4 : 4 + n_pass]]
-        mean_reward, cot_len, entropy, secs = row[4 + n_pass :]
+        values, errors = row[4 : 4 + n_pass], row[4 + n_pass : 4 + 2 * n_pass]
+        passes = [percent_with_se(v, se) for v, se in zip(values, errors)]
+        mean_reward, cot_len, entropy, secs = row[4 + 2 * n_pass :]
         shown.append(
             [*row[:4], *passes, f"{mean_reward:.1f}", f"{cot_len:.1f}", f"{entropy:.3f}", f"{secs:.0f}"]
         )
-    head = [h + (" (%)" if h.startswith("pass@") else "") for h in header]
+    head = [*header[:4], *[f"{h} (%)" for h in header[4 : 4 + n_pass]], *header[4 + 2 * n_pass :]]
     parts = [
         f"# Evaluation: {res.name}",
         "",
         f"- model: `{res.model}`",
         f"- data: {res.data}, split `{res.split}`, {res.n_problems} problems",
-        "- answers decoded greedily; pass@k is the unbiased estimator over each setting's samples",
+        "- answers decoded greedily; pass@k is the unbiased estimator over each setting's samples, shown as",
+        f"  mean ± one standard error over the {res.n_problems} problems (one problem is"
+        f" {100 / max(res.n_problems, 1):.1f} points)",
         "",
         markdown_table(head, shown),
         "",

@@ -62,19 +62,25 @@ def default_k_values(num_samples: int) -> list[int]:
 class PassAtK(Metric):
     """Mean unbiased pass@k over problems, for several k, from per-problem correctness matrices [P, n].
 
-    `compute()` returns {"pass@k": value} for each k in `k_values`. Every update must have n >= max(k).
+    `compute()` returns {"pass@k": value} for each k in `k_values`, and with `with_se` also {"pass@k_se": the
+    standard error of that mean over problems} (sample standard deviation of the per-problem values / sqrt(P);
+    nan for fewer than two problems). Every update must have n >= max(k).
     """
 
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, k_values: Iterable[int] = (1,), **kwargs) -> None:
+    def __init__(self, k_values: Iterable[int] = (1,), with_se: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.with_se = with_se
         self.k_values = sorted({int(k) for k in k_values})
         if not self.k_values or self.k_values[0] < 1:
             raise ValueError(f"k_values must be positive integers, got {list(k_values)}")
         self.add_state(
             "totals", default=torch.zeros(len(self.k_values), dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "squares", default=torch.zeros(len(self.k_values), dtype=torch.float64), dist_reduce_fx="sum"
         )
         self.add_state("problems", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -90,12 +96,21 @@ class PassAtK(Metric):
                 f"pass@{self.k_values[-1]} needs at least that many samples per problem, got {n}"
             )
         correct = correct.to(self.totals.device)
-        self.totals += torch.stack([pass_at_k_batch(correct, k).sum() for k in self.k_values])
+        per_problem = torch.stack([pass_at_k_batch(correct, k) for k in self.k_values])  # [K, P]
+        self.totals += per_problem.sum(1)
+        self.squares += per_problem.pow(2).sum(1)
         self.problems += correct.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
-        mean = self.totals / self.problems.clamp(min=1)
-        return {f"pass@{k}": mean[i].float() for i, k in enumerate(self.k_values)}
+        n = self.problems
+        mean = self.totals / n.clamp(min=1)
+        out = {f"pass@{k}": mean[i].float() for i, k in enumerate(self.k_values)}
+        if self.with_se:
+            # sum (x - mean)^2 = sum x^2 - n mean^2, clamped at 0 against rounding (float64: exact to ~1e-16 n)
+            var = (self.squares - n * mean.pow(2)).clamp(min=0) / (n - 1).clamp(min=1)
+            se = torch.where(n > 1, (var / n.clamp(min=1)).sqrt(), torch.nan)
+            out |= {f"pass@{k}_se": se[i].float() for i, k in enumerate(self.k_values)}
+        return out
 
 
 class MeanAccuracy(Metric):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,8 +20,17 @@ from torch import Tensor
 from transformers import PreTrainedModel, get_scheduler
 
 from soft_tokens.data.prompts import PromptBuilder
-from soft_tokens.estimators.base import Estimator
+from soft_tokens.estimators.base import Estimator, StepTotals
+from soft_tokens.export import PROBE_QUESTIONS, CardFacts, monitored_score, save_tokenizer, write_model_card
 from soft_tokens.logprobs import rollout_log_probs
+from soft_tokens.lora import (
+    AdapterDisabled,
+    adapter_keys,
+    add_adapters,
+    is_peft,
+    load_adapter_state,
+    merged_copy,
+)
 from soft_tokens.models import ModelConfig
 from soft_tokens.representers.base import TokenRepresenter
 from soft_tokens.rollout import Rollout, RolloutConfig, RolloutEngine
@@ -30,12 +40,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OptimConfig:
-    """AdamW with a warm-up then cosine (or constant) schedule; PAPER.md defaults except the learning rate."""
+    """AdamW (or SGD with momentum) with a warm-up then cosine (or constant) schedule."""
 
     lr: float = 3e-5
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    name: str = "adamw"  # adamw or sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    eps: float = 1e-8  # adamw
+    momentum: float = 0.9  # sgd
     scheduler: str = "cosine"  # any name transformers.get_scheduler knows (cosine, constant_with_warmup, ...)
     warmup_steps: int = 20
     max_grad_norm: float = 1.0
@@ -55,6 +67,19 @@ class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive optimisation steps with a non-finite loss or gradient."""
 
 
+def check_group_size(estimator: Estimator, samples_per_prompt: int, rollout_micro_batch: int | None) -> None:
+    """Raise, naming the option, if G or the micro-batch cannot give the estimator what it needs."""
+    if samples_per_prompt < 1:
+        raise ValueError(f"module.samples_per_prompt={samples_per_prompt} must be >= 1")
+    if estimator.needs_group and samples_per_prompt < 2:
+        raise ValueError(
+            f"module.samples_per_prompt={samples_per_prompt}: {type(estimator).__name__}'s advantages compare "
+            "the samples of each prompt with each other, which needs module.samples_per_prompt >= 2"
+        )
+    if rollout_micro_batch is not None and rollout_micro_batch < 1:
+        raise ValueError(f"module.rollout_micro_batch={rollout_micro_batch} must be >= 1 (or null: no split)")
+
+
 class SoftTokensModule(L.LightningModule):
     """Policy + optional reference model, with interchangeable representer, estimator and reward."""
 
@@ -72,6 +97,8 @@ class SoftTokensModule(L.LightningModule):
         logprob_chunk_size: int = 1024,
         max_bad_steps: int = 3,
         seed: int = 0,
+        freeze_embeddings: bool = False,
+        cot_grad_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if not representer.trainable:
@@ -80,6 +107,7 @@ class SoftTokensModule(L.LightningModule):
                 "setting with no log-probability: train with representer=hard, soft, fuzzy or gumbel, and run "
                 "this one in evaluate.py or as a math_eval setting"
             )
+        check_group_size(estimator, int(samples_per_prompt), rollout_micro_batch)
         self.automatic_optimization = False
         self.model_cfg = model
         self.representer = representer
@@ -93,6 +121,8 @@ class SoftTokensModule(L.LightningModule):
         self.logprob_chunk_size = logprob_chunk_size
         self.max_bad_steps = max_bad_steps
         self.seed = seed
+        self.freeze_embeddings = freeze_embeddings
+        self.cot_grad_weight = float(cot_grad_weight)
         self.tokenizer = model.load_tokenizer()
         self.engine = RolloutEngine(self.tokenizer, rollout)
         if estimator.max_length is None:
@@ -107,6 +137,7 @@ class SoftTokensModule(L.LightningModule):
         hparams = {"model": asdict(model), "rollout": asdict(rollout), "optim": asdict(optim)}
         hparams["optim"]["betas"] = list(optim.betas)
         hparams.update(samples_per_prompt=self.G, rollout_micro_batch=rollout_micro_batch, seed=seed)
+        hparams.update(freeze_embeddings=freeze_embeddings, cot_grad_weight=self.cot_grad_weight)
         hparams.update(representer=repr(representer), estimator=repr(estimator))
         self.save_hyperparameters(hparams, logger=False)
 
@@ -115,13 +146,20 @@ class SoftTokensModule(L.LightningModule):
         """Load the policy (and the frozen reference when the estimator needs one); Lightning calls this."""
         if self.policy is not None:
             return
-        self.policy = self.model_cfg.load_model().train()
-        if self.estimator.needs_reference:
+        self.policy = add_adapters(self.model_cfg.load_model(), self.model_cfg.lora).train()
+        if self.freeze_embeddings:  # E, and with it a tied LM head
+            self.policy.get_input_embeddings().weight.requires_grad_(False)
+        if self.estimator.needs_reference and not is_peft(self.policy):  # LoRA: see ref_model
             self._ref = [self.model_cfg.load_model().eval().requires_grad_(False)]
 
     @property
     def ref_model(self) -> PreTrainedModel | None:
-        """The frozen reference model, on the policy's device; None unless the estimator needs it."""
+        """The frozen reference model, on the policy's device; None unless the estimator needs it.
+
+        With LoRA it is the policy itself with its adapters disabled: the same weights, no second copy.
+        """
+        if self.estimator.needs_reference and is_peft(self.policy):
+            return AdapterDisabled(self.policy)
         if not self._ref:
             return None
         if self._ref[0].device != self.device:
@@ -142,18 +180,23 @@ class SoftTokensModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.optim_cfg
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
-        )
+        if cfg.name == "adamw":
+            opt = torch.optim.AdamW(
+                params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+            )
+        elif cfg.name == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"module.optim.name={cfg.name!r} is not one of adamw, sgd")
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000
         sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @torch.no_grad()
     def generate_rollouts(self, questions: list[str], answers: list[str]) -> list[Group]:
-        """Rollouts, rewards and advantages per micro-batch of whole prompt groups."""
+        """Rollouts and rewards per micro-batch of whole prompt groups; advantages over the whole batch."""
         micro = self.rollout_micro_batch or len(questions)
-        out = []
+        scored = []
         for i in range(0, len(questions), micro):
             qs, golds = questions[i : i + micro], answers[i : i + micro]
             prompts = [self.format_prompt(q) for q in qs for _ in range(self.G)]
@@ -163,10 +206,22 @@ class SoftTokensModule(L.LightningModule):
             rewards, correct = self.reward.score_batch(
                 ro.completions, [a for a in golds for _ in range(self.G)]
             )
-            rewards = rewards.to(self.device).view(-1, self.G)
-            adv = self.estimator.advantages(rewards).view(-1)
-            out.append(Group(ro, rewards, correct.to(self.device).view(-1, self.G), adv))
-        return out
+            scored.append(
+                (ro, rewards.to(self.device).view(-1, self.G), correct.to(self.device).view(-1, self.G))
+            )
+        advantages = self.batch_advantages(torch.cat([rewards for _, rewards, _ in scored]))
+        parts = advantages.split([len(rewards) for _, rewards, _ in scored])
+        return [Group(ro, r, c, a.reshape(-1)) for (ro, r, c), a in zip(scored, parts)]
+
+    def batch_advantages(self, rewards: Tensor) -> Tensor:
+        """Advantages [B, G] of this rank's rewards, from the estimator run on every rank's rewards at once
+        (so batch-wide statistics, GRPO's scale_rewards=batch, cover the whole global batch)."""
+        world = self.trainer.world_size
+        if world == 1:
+            return self.estimator.advantages(rewards)
+        everyone = self.all_gather(rewards).reshape(world * len(rewards), self.G)  # ranks hold equal B
+        start = self.global_rank * len(rewards)
+        return self.estimator.advantages(everyone)[start : start + len(rewards)]
 
     def training_step(self, batch: dict[str, list], batch_idx: int) -> None:
         opt = self.optimizers()
@@ -174,37 +229,52 @@ class SoftTokensModule(L.LightningModule):
         self.policy.eval()
         groups = self.generate_rollouts(batch["question"], batch["answer"])
         self.policy.train()
-        n_micro = len(groups)
-        num_tokens = self._global_tokens(groups)
-        old_logp: list[Tensor | None] = [None] * n_micro
+        totals = self.step_totals(groups)
+        old_logp: list[Tensor] | None = None
         for it in range(self.estimator.num_iterations):
-            losses, metrics = [], []
-            for k, grp in enumerate(groups):
-                lp = rollout_log_probs(
-                    self.policy,
-                    grp.rollout,
-                    self.representer,
-                    answer_temperature=self.rollout_cfg.answer_temperature,
-                    chunk_size=self.logprob_chunk_size,
-                    ref_model=self.ref_model,
-                )
-                if it == 0 and self.estimator.num_iterations > 1:
-                    old_logp[k] = lp.logp.detach()  # the pre-update policy: no optimizer step has run yet
-                loss, m = self.estimator.loss(
-                    lp.logp, grp.advantages, lp.mask, old_logp[k], lp.kl, num_tokens
-                )
-                self.manual_backward(loss / (1 if self.estimator.loss_type == "dapo" else n_micro))
-                losses.append(loss.detach())
-                metrics.append(m)
-            self._optimizer_step(opt, sched, torch.stack(losses).mean())
-        self._log_step(groups, metrics, torch.stack(losses).mean())
+            loss, metrics, logp = self.accumulate_gradients(groups, totals, old_logp)
+            if it == 0 and self.estimator.num_iterations > 1:
+                old_logp = logp  # the pre-update policy: no optimizer step has run yet
+            self._optimizer_step(opt, sched, loss)
+        self._log_step(groups, metrics, loss)
 
-    def _global_tokens(self, groups: list[Group]) -> Tensor:
-        """Log-prob-carrying steps of the whole optimisation step, over micro-batches and ranks (for dapo)."""
+    def accumulate_gradients(
+        self, groups: list[Group], totals: StepTotals, old_logp: list[Tensor] | None = None
+    ) -> tuple[Tensor, list[dict], list[Tensor]]:
+        """Back-propagate the step's loss one micro-batch at a time: (the step's loss, each micro-batch's
+        metrics, each micro-batch's detached log-probs)."""
+        loss, metrics, logps = torch.zeros((), device=self.device), [], []
+        for k, grp in enumerate(groups):
+            lp = rollout_log_probs(
+                self.policy,
+                grp.rollout,
+                self.representer,
+                answer_temperature=self.rollout_cfg.answer_temperature,
+                chunk_size=self.logprob_chunk_size,
+                ref_model=self.ref_model,
+                cot_grad_weight=self.cot_grad_weight,
+            )
+            old = old_logp[k] if old_logp is not None else None
+            # The step's totals make each part this micro-batch's share: the parts sum to the unsplit loss.
+            part, m = self.estimator.loss(lp.logp, grp.advantages, lp.mask, old, lp.kl, totals)
+            self.manual_backward(part)
+            loss = loss + part.detach()
+            metrics.append(m)
+            logps.append(lp.logp.detach())
+        return loss, metrics, logps
+
+    def step_totals(self, groups: list[Group]) -> StepTotals:
+        """Sequences and log-prob-carrying steps of the whole optimisation step (micro-batches; ranks for dapo)."""
         n = torch.tensor(float(sum(int(g.rollout.gen_mask.sum()) for g in groups)), device=self.device)
-        n = self.trainer.strategy.reduce(n, reduce_op="sum") if self.trainer.world_size > 1 else n
+        everywhere = n
+        if self.trainer.world_size > 1:
+            everywhere = self.trainer.strategy.reduce(n.clone(), reduce_op="sum")
         # DDP averages gradients over ranks, so each rank's share of the global normaliser is n / world.
-        return (n / self.trainer.world_size).clamp(min=1)
+        return StepTotals(
+            sequences=sum(len(g.advantages) for g in groups),
+            tokens=n.clamp(min=1),
+            global_tokens=(everywhere / self.trainer.world_size).clamp(min=1),
+        )
 
     def _optimizer_step(self, opt, sched, loss: Tensor) -> None:
         """Clip and step, or skip the step when the loss or the gradient is not finite."""
@@ -230,16 +300,33 @@ class SoftTokensModule(L.LightningModule):
                 float(grad_norm),
                 self.bad_steps,
             )
-            self.log("train/skipped_steps", float(self.bad_steps), on_step=True)
             if self.bad_steps >= self.max_bad_steps:
-                raise NonFiniteLossError(
-                    f"{self.bad_steps} optimisation steps in a row had a non-finite loss or gradient (last at step "
-                    f"{self.global_step}); stopping. Lower optim.lr, check the reward, or raise max_bad_steps. "
-                    "The last checkpoint in the run folder is intact: resume with ckpt_path=..."
-                )
+                raise NonFiniteLossError(self._non_finite_message())
+        # Every step, so the curve falls back to 0 after a skipped step: skipped steps in a row, up to this one.
+        self.log("train/skipped_steps", float(self.bad_steps), on_step=True)
         opt.zero_grad(set_to_none=True)
         self.log(
             "train/grad_norm", float(grad_norm) if math.isfinite(float(grad_norm)) else -1.0, on_step=True
+        )
+
+    def _non_finite_message(self) -> str:
+        """Why the run stops after `max_bad_steps` non-finite steps, and the checkpoint to resume from, if any."""
+        saved = [
+            path
+            for cb in self.trainer.checkpoint_callbacks
+            for path in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+            if path and os.path.isfile(path)
+        ]
+        newest = max(saved, key=os.path.getmtime) if saved else None
+        resume = (
+            f"Resume from the newest checkpoint with ckpt_path={newest}"
+            if newest
+            else "No checkpoint was written."
+        )
+        return (
+            f"{self.bad_steps} optimisation steps in a row had a non-finite loss or gradient (last at step "
+            f"{self.global_step}); stopping. Check the rewards and advantages, lower module.optim.lr, or raise "
+            f"module.max_bad_steps. {resume}"
         )
 
     def _log_step(self, groups: list[Group], metrics: list[dict], loss: Tensor) -> None:
@@ -286,9 +373,19 @@ class SoftTokensModule(L.LightningModule):
         """Also save the rollout random stream and the non-finite streak, so a resumed run continues exactly."""
         checkpoint["rollout_rng"] = self.rollout_generator().get_state()
         checkpoint["bad_steps"] = self.bad_steps
+        if is_peft(
+            self.policy
+        ):  # LoRA: only the adapters; the frozen base weights come from the model config
+            keep = adapter_keys(self.policy, "policy.")
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {
+                k: v for k, v in state.items() if k in keep or not k.startswith("policy.")
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.bad_steps = int(checkpoint.get("bad_steps", 0))
+        if is_peft(self.policy):  # LoRA: the base weights the checkpoint left out are the loaded ones
+            checkpoint["state_dict"] = {**self.state_dict(), **checkpoint["state_dict"]}
         self._rng_to_restore = checkpoint.get("rollout_rng")
 
     def on_train_start(self) -> None:
@@ -299,12 +396,36 @@ class SoftTokensModule(L.LightningModule):
 
     # ----- export -----
     def save_policy(self, path: str) -> None:
-        """Write the policy and tokenizer with save_pretrained (safetensors), loadable by plain transformers."""
-        self.policy.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
+        """Write the policy (LoRA adapters merged in) with save_pretrained (safetensors), loadable by plain
+        transformers; its tokenizer, with the training prompt as chat template; and a model card, README.md."""
+        model = merged_copy(self.policy) if is_peft(self.policy) else self.policy
+        model.save_pretrained(path, safe_serialization=True)
+        save_tokenizer(self.tokenizer, self.prompt, path)
+        write_model_card(path, self.card_facts())
+
+    def card_facts(self) -> CardFacts:
+        """What the model card states: the loaded checkpoint's step and score if one was loaded, else now's."""
+        metrics = self._trainer.callback_metrics if self._trainer is not None else {}
+        loaded = getattr(self, "_loaded_from", None)
+        step, acc = loaded or (self.global_step, metrics.get("val/accuracy"))
+        lora = self.model_cfg.lora
+        return CardFacts(
+            base_model=str(self.model_cfg.name_or_path),
+            representer=repr(self.representer),
+            estimator=repr(self.estimator),
+            global_step=int(step),
+            val_accuracy=None if acc is None else float(acc),
+            lora=asdict(lora) if lora.enabled else None,
+            example_prompt=self.format_prompt(PROBE_QUESTIONS[0]),
+        )
 
     def load_policy_from_checkpoint(self, ckpt_path: str) -> None:
-        """Load the policy weights of a Lightning checkpoint file (weights_only) into this module's policy."""
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+        """Load the policy weights (or LoRA adapters) of a Lightning checkpoint file (weights_only) into the policy."""
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         prefix = "policy."
-        self.policy.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if is_peft(self.policy):
+            load_adapter_state(self.policy, state, ckpt_path)
+        else:
+            self.policy.load_state_dict(state)
+        self._loaded_from = (int(ckpt.get("global_step", 0)), monitored_score(ckpt, "val/accuracy"))

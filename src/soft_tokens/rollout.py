@@ -39,6 +39,19 @@ class RolloutConfig:
     limit_prefix: str = " The final answer is: \\boxed{"
     compact_fraction: float = 0.25  # drop done rows once they are this share of the running batch
 
+    def __post_init__(self) -> None:
+        if self.max_cot_tokens < 0:
+            raise ValueError(f"rollout max_cot_tokens={self.max_cot_tokens} must be >= 0 (0: no CoT)")
+        if self.answer_max_tokens < 1:
+            raise ValueError(f"rollout answer_max_tokens={self.answer_max_tokens} must be >= 1")
+        # Answers are sampled from softmax(logits / T) and scored at T in training: T = 0 has no density.
+        if not self.answer_temperature > 0 or self.answer_temperature == float("inf"):
+            raise ValueError(
+                f"rollout answer_temperature={self.answer_temperature} must be a finite number > 0 (in "
+                "train.py: module.rollout.answer_temperature, set from sampling_temperature); greedy answers "
+                "are an evaluation setting (evaluate.py and math_eval decode answers greedily)"
+            )
+
 
 @dataclass
 class Rollout:
@@ -205,7 +218,9 @@ class RolloutEngine:
         calm = torch.zeros(N, dtype=torch.long, device=device)  # consecutive confident CoT steps
         early = torch.zeros(N, dtype=torch.bool, device=device)
 
-        state = torch.full((N,), COT, device=device)
+        # max_cot_tokens = 0: no CoT at all, every row starts with the length limit's forced prefix.
+        no_cot = cfg.max_cot_tokens == 0
+        state = torch.full((N,), PREFIX if no_cot else COT, device=device)
         cot_len = torch.zeros(N, dtype=torch.long, device=device)
         ans_len = torch.zeros(N, dtype=torch.long, device=device)
         depth = torch.zeros(N, dtype=torch.long, device=device)
@@ -216,7 +231,7 @@ class RolloutEngine:
         for k, p in enumerate(prefixes):
             prefix_table[k, : len(p)] = torch.tensor(p, device=device)
         prefix_len = torch.tensor([len(p) for p in prefixes], device=device)
-        prefix_kind = torch.zeros(N, dtype=torch.long, device=device)
+        prefix_kind = torch.full((N,), int(no_cot), dtype=torch.long, device=device)
         prompt_pos = prompt_mask.sum(1)  # position id of the first generated token, per row
 
         cache = preallocated_cache(model.config, P + S)
@@ -237,7 +252,7 @@ class RolloutEngine:
         # tokens into it: CoT lengths are only written when rows leave. `n_in` counts the running rows in each
         # state; it is read back from the device only after a step in which some row may have changed state,
         # and a phase all running rows are in is handled with slices (views) rather than gathers.
-        n_in = [N, 0, 0, 0]
+        n_in = [0, N, 0, 0] if no_cot else [N, 0, 0, 0]
         for t in range(S):
             n = len(active)
             st = state[active] if max(n_in) != n else None  # needed only when the rows are in several states

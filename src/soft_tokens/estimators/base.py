@@ -7,11 +7,14 @@ An estimator turns rewards [B, G] (G samples of each of B prompts) into advantag
     ratio = exp(logp - old_logp),
 
 aggregated over steps and sequences by `loss_type`. With one optimisation pass per rollout (`old_logp` is
-`old_logp` is None), the ratio is exactly 1 and the gradient is REINFORCE's, -A * grad logp; the loss
-value is then the surrogate sum of -A over steps (TRL logs the same), not -A * logp.
+None), the ratio is exactly 1 and the gradient is REINFORCE's, -A * grad logp; the loss value is then the
+surrogate sum of -A over steps (TRL logs the same), not -A * logp. A step split into micro-batches passes
+the `StepTotals` of the whole step, so the micro-batches' losses sum to the unsplit loss.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -24,40 +27,60 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool(), x, 0.0).sum() / mask.sum().clamp(min=1).to(x.dtype)
 
 
+@dataclass(frozen=True)
+class StepTotals:
+    """Sizes of the whole optimisation step that normalise the loss of each of its micro-batches."""
+
+    sequences: int  # sequences on this rank, over all micro-batches
+    tokens: Tensor | float  # log-prob-carrying steps on this rank, over all micro-batches (bnpo)
+    global_tokens: Tensor | float  # the same over all ranks, divided by the world size (dapo)
+
+    @classmethod
+    def of(cls, mask: Tensor) -> StepTotals:
+        """The totals of a step that is this one batch on one rank."""
+        n = mask.sum().clamp(min=1)
+        return cls(sequences=mask.shape[0], tokens=n, global_tokens=n)
+
+
 def aggregate(
     per_step: Tensor,
     mask: Tensor,
     loss_type: str,
     max_length: int | None = None,
-    num_tokens: Tensor | float | None = None,
+    totals: StepTotals | None = None,
 ) -> Tensor:
-    """Reduce a per-step loss [N, S] over valid steps to a scalar.
+    """Reduce a per-step loss [N, S] over valid steps to a scalar: this batch's share of the step's loss.
 
-    - sequence_sum: sum over each sequence's steps, mean over sequences (PAPER.md's RLOO loss).
+    `totals` (default: this batch's own) count the whole step, so every sequence weighs the same whatever
+    the micro-batch split:
+    - sequence_sum: sum over each sequence's steps, mean over sequences (the paper's RLOO loss).
     - grpo: mean over each sequence's steps, then mean over sequences.
-    - bnpo: mean over all valid steps of the batch.
-    - dapo: sum over valid steps divided by `num_tokens`, the valid steps of the whole optimisation step
-      (all micro-batches and ranks); the batch's own count when not given.
-    - dr_grpo: sum over valid steps divided by N x max_length (a constant, Dr. GRPO).
+    - bnpo: mean over all valid steps of the rank's step.
+    - dapo: sum over valid steps divided by the valid steps of the step over all ranks (per rank's share).
+    - dr_grpo: sum over valid steps divided by sequences x max_length (a constant, Dr. GRPO).
     """
+    totals = totals or StepTotals.of(mask)
     m = mask.to(per_step.dtype)
     per_step = torch.where(mask.bool(), per_step, 0.0)  # padding may hold inf/nan: keep it out of the sum
     total = per_step.sum()
     if loss_type == "sequence_sum":
-        return total / per_step.shape[0]
+        return total / totals.sequences
     if loss_type == "grpo":
-        return (per_step.sum(-1) / m.sum(-1).clamp(min=1)).mean()
+        return (per_step.sum(-1) / m.sum(-1).clamp(min=1)).sum() / totals.sequences
     if loss_type == "bnpo":
-        return total / m.sum().clamp(min=1)
+        return total / totals.tokens
     if loss_type == "dapo":
-        return total / (num_tokens if num_tokens is not None else m.sum().clamp(min=1))
+        return total / totals.global_tokens
     if loss_type == "dr_grpo":
-        return total / (per_step.shape[0] * (max_length or per_step.shape[1]))
+        return total / (totals.sequences * (max_length or per_step.shape[1]))
     raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
 
 
 class Estimator:
     """Base estimator: subclasses define `advantages`; the clipped policy-gradient loss is shared."""
+
+    # Whether the advantages compare the G samples of a prompt with each other (then G must be >= 2).
+    needs_group: bool = False
 
     def __init__(
         self,
@@ -95,9 +118,12 @@ class Estimator:
         mask: Tensor,
         old_logp: Tensor | None = None,
         kl: Tensor | None = None,
-        num_tokens: Tensor | float | None = None,
+        totals: StepTotals | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Scalar loss and detached metrics from per-step log-probs [N, S], advantages [N] and mask [N, S]."""
+        """Scalar loss and detached metrics from per-step log-probs [N, S], advantages [N] and mask [N, S].
+
+        The loss is this batch's share of the step's loss, given the step's `totals` (default: this batch).
+        """
         # On-policy (old_logp None) the ratio is exp(0) = 1 exactly: the value is the surrogate -A per step
         # (as TRL logs it), the gradient is REINFORCE's -A * grad logp, the paper's loss gradient.
         old = logp.detach() if old_logp is None else old_logp
@@ -109,7 +135,7 @@ class Estimator:
             if kl is None:
                 raise ValueError("beta > 0 but no KL was computed (the reference model is missing)")
             per_step = per_step + self.beta * kl
-        loss = aggregate(per_step, mask, self.loss_type, self.max_length, num_tokens)
+        loss = aggregate(per_step, mask, self.loss_type, self.max_length, totals)
         with torch.no_grad():
             low = (ratio < 1 - self.epsilon) & (adv < 0)
             high = (ratio > 1 + self.epsilon_high) & (adv > 0)

@@ -24,7 +24,13 @@ def grpo_advantages(rewards: Tensor, scale_rewards: str = "group", eps: float = 
 
 
 class GRPO(Estimator):
-    """Group-relative advantages; std is the unbiased sample std (torch.std), as TRL computes it."""
+    """Group-relative advantages; std is the unbiased sample std (torch.std), as TRL computes it.
+
+    `advantages` must see the whole batch for `scale_rewards="batch"`: the module hands it every
+    micro-batch's rewards, gathered over ranks.
+    """
+
+    needs_group = True  # with G = 1 every centred reward is 0 (and the group std is NaN)
 
     def __init__(
         self, scale_rewards: str = "group", eps: float = 1e-4, loss_type: str = "dapo", **kwargs

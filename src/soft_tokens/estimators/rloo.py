@@ -21,6 +21,8 @@ def rloo_advantages(rewards: Tensor) -> Tensor:
 class RLOO(Estimator):
     """The paper's estimator: leave-one-out advantages, loss -1/(B G) sum_i A_i logp_i (summed log-probs)."""
 
+    needs_group = True
+
     def __init__(self, loss_type: str = "sequence_sum", **kwargs) -> None:
         super().__init__(loss_type=loss_type, **kwargs)
 
