@@ -1,6 +1,7 @@
 """Evaluate a policy under the paper's inference grid: `python evaluate.py checkpoint=<run>/policy name=soft`.
 
-Loads the base model, a Lightning checkpoint or a Hugging Face folder, solves the test split of the data
+Loads the base model, a Lightning checkpoint, a Hugging Face folder or a hub model id (`checkpoint=org/name`,
+resolved as from_pretrained does: from the Hugging Face cache when HF_HUB_OFFLINE=1), solves the test split of the data
 config under hard/soft/fuzzy x greedy/sample CoT decoding, and writes results.{json,csv,md} and plots to
 outputs/evaluate/runs/<time>/ (see conf/evaluate.yaml; merge several runs with scripts/report.py).
 """

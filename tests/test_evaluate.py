@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -142,6 +143,43 @@ def test_lightning_checkpoint_and_hf_folder_give_the_same_scores(tmp_path, tiny_
         assert (out_a / "completions" / f"{setting}.jsonl").read_text() == (
             out_b / "completions" / f"{setting}.jsonl"
         ).read_text()
+
+
+def hub_cache(root: Path, repo_id: str, files: Path) -> Path:
+    """A Hugging Face cache in the hub's layout holding `files` as the main revision of `repo_id`."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(files, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return root
+
+
+def test_checkpoint_can_be_a_hub_id_in_the_cache(tmp_path, tiny_model_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = hub_cache(tmp_path / "hub", "org/tiny", tiny_model_dir)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # huggingface_hub reads the variable at import
+    assert constants.HF_HUB_OFFLINE  # conftest: nothing may come from the network
+    results = []
+    for ckpt in ("org/tiny", str(tiny_model_dir)):
+        out = tmp_path / ("hub_run" if ckpt == "org/tiny" else "folder_run")
+        overrides = [f"checkpoint={ckpt}", "num_samples=2", "only=[hard_greedy,soft_sample]", *TINY]
+        results.append((evaluate(compose_cfg("evaluate", overrides, out)), out))
+    (hub, hub_out), (folder, folder_out) = results
+    assert hub.model == "org/tiny" and hub.meta["checkpoint"] == "org/tiny"
+    assert [s.pass_at_k for s in hub.settings] == [s.pass_at_k for s in folder.settings]
+    for setting in ("hard_greedy", "soft_sample"):
+        assert (hub_out / "completions" / f"{setting}.jsonl").read_text() == (
+            folder_out / "completions" / f"{setting}.jsonl"
+        ).read_text()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"checkpoint=org/missing: no such file or folder, and no model 'org/missing' in the Hugging "
+        r"Face cache .*hub \(HF_HUB_OFFLINE is set",
+    ):
+        load_policy(ModelConfig(name_or_path=str(tiny_model_dir)), "org/missing")
 
 
 class Untrusted:

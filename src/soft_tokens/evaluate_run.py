@@ -189,15 +189,22 @@ def load_policy(
 def load_hub_policy(
     model_cfg: ModelConfig, name: str
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """A hub model id loaded as from_pretrained loads it (from the local cache when offline), its own tokenizer."""
+    """A hub model id loaded as from_pretrained loads it (from the Hugging Face cache when offline), its own tokenizer."""
     check_local_path(name, "checkpoint")
     cfg = _with(model_cfg, name_or_path=name, tokenizer=name, random_init=False, revision=None)
     try:
         return cfg.load_model().eval(), cfg.load_tokenizer(), name
     except OSError as err:
+        from huggingface_hub import constants
+
+        offline = (
+            " (HF_HUB_OFFLINE is set: nothing is downloaded)"
+            if constants.HF_HUB_OFFLINE
+            else " or on the hub"
+        )
         raise FileNotFoundError(
-            f"checkpoint={name}: neither a Lightning .ckpt file, a Hugging Face model folder, nor a hub model "
-            f"from_pretrained can load: {err}"
+            f"checkpoint={name}: no such file or folder, and no model {name!r} in the Hugging Face cache "
+            f"{constants.HF_HUB_CACHE}{offline}. from_pretrained said: {str(err).splitlines()[0]}"
         ) from err
 
 
