@@ -31,13 +31,14 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from soft_tokens.markdown import markdown_table
+from soft_tokens.models import TORCH_DTYPES
 from soft_tokens.representers import GumbelSoftmaxRepresenter, HardRepresenter, SoftRepresenter
 from soft_tokens.tiny import tiny_llama, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "assets" / "embedded"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Qwen2.5-0.5B's shape (its config.json on the hub): only the number of layers is cut on CPU.
 QWEN_0_5B = dict(
@@ -77,7 +78,7 @@ NEVER_STOP = "\x00 The final answer is:"
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke run in seconds")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="float32", choices=sorted(TORCH_DTYPES))
     p.add_argument(
         "--threads", type=int, default=1, help="torch.set_num_threads on CPU (0: torch default); see docs"
     )
@@ -235,17 +236,18 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-        if isinstance(v, bool):
-            return "yes" if v else "**no**"
-        return str(v)
+def cell(v: Any) -> str:
+    """A benchmark table cell: three significant digits (thousands separated), yes / **no** for a target."""
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    return str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+
+def results_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """The markdown table of `columns` of result rows (an absent value is an empty cell)."""
+    return markdown_table(columns, [[cell(r.get(c, "")) for c in columns] for r in rows])
 
 
 def write_results(out_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> None:

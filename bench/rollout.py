@@ -46,8 +46,8 @@ from _common import (
     describe,
     interleaved,
     machine,
-    markdown_table,
     qwen_shaped,
+    results_table,
     setup,
     small_model,
     sync,
@@ -56,6 +56,7 @@ from _common import (
 )
 from transformers import DynamicCache
 
+from soft_tokens.models import TORCH_DTYPES
 from soft_tokens.rollout import RolloutConfig, RolloutEngine, encode_prompts
 
 COLUMNS = [
@@ -191,7 +192,7 @@ def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device
             )
         if len(set(tokens.values())) != 1:
             print(f"warning: {label} L={L}: generated token counts differ: {tokens}")
-        print(markdown_table(rows[-len(variants) :], COLUMNS), flush=True)
+        print(results_table(rows[-len(variants) :], COLUMNS), flush=True)
     long_over_short = {
         v: statistics.median(
             [
@@ -317,7 +318,7 @@ def targets(rows: list[dict], length_ratios: dict[str, dict], long_factor: int) 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     device = setup(args)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = TORCH_DTYPES[args.dtype]
     info = machine()
     print(f"machine: {info}")
     rows, length_ratios, models, micro = [], {}, {}, []
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows += r
         if which == "qwen" and not args.no_micro:
             micro = micro_step(model, args, device)
-            print(markdown_table(micro, list(micro[0]) + [k for k in micro[2] if k not in micro[0]]))
+            print(results_table(micro, list(micro[0]) + [k for k in micro[2] if k not in micro[0]]))
         del model
         sync(device)
     tgt = targets(rows, length_ratios, args.long_factor)
@@ -367,17 +368,17 @@ def render(info, args, models, rows, micro, tgt) -> str:
         "",
         "Models: " + "; ".join(f"{k}: {v}" for k, v in models.items()),
         "",
-        markdown_table(rows, COLUMNS),
+        results_table(rows, COLUMNS),
     ]
     if micro:
         cols = ["part", "ms"] + [k for r in micro for k in r if k not in ("part", "ms")]
         cols = list(dict.fromkeys(cols))
-        lines += ["", f"One decode step at batch {args.batch} (Qwen shape):", "", markdown_table(micro, cols)]
+        lines += ["", f"One decode step at batch {args.batch} (Qwen shape):", "", results_table(micro, cols)]
     lines += [
         "",
         "Targets (`per_token_cost_ratio`: time per generated token at the long CoT over that at L):",
         "",
-        markdown_table(tgt, ["model", "target", "value", "per_token_cost_ratio", "holds"]),
+        results_table(tgt, ["model", "target", "value", "per_token_cost_ratio", "holds"]),
     ]
     return "\n".join(lines)
 

@@ -46,8 +46,8 @@ from _common import (
     describe,
     interleaved,
     machine,
-    markdown_table,
     qwen_shaped,
+    results_table,
     setup,
     without_eos,
     write_results,
@@ -55,6 +55,7 @@ from _common import (
 
 from soft_tokens.estimators import RLOO
 from soft_tokens.logprobs import input_embeds, rollout_log_probs
+from soft_tokens.models import TORCH_DTYPES
 from soft_tokens.rollout import Rollout, RolloutConfig, RolloutEngine
 
 IMPLS = ("ours", "naive")
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     device = setup(args)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = TORCH_DTYPES[args.dtype]
     if args.memory_child:
         memory_child(args, device, dtype)
         return {}
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
         f" (CoT {args.cot_len}); chunk size {args.chunk_size}; median of {args.reps} after {args.warmup} warm-up,"
         f" clock: {args.clock}.",
         "",
-        markdown_table(rows, COLUMNS),
+        results_table(rows, COLUMNS),
     ]
     if mem:
         m = next(iter(mem.values()))
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
             "",
             "Targets:",
             "",
-            markdown_table(tgt, ["target", "value", "holds"]),
+            results_table(tgt, ["target", "value", "holds"]),
         ]
     md = "\n".join(lines)
     print("\n" + md)

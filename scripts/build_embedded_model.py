@@ -11,7 +11,6 @@ import argparse
 import copy
 import json
 import random
-import re
 import shutil
 import sys
 import time
@@ -28,11 +27,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from soft_tokens.boxed import extract_boxed
 from soft_tokens.data.arith import ArithConfig, generate_split
 from soft_tokens.data.prompts import PromptBuilder
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>"]
-BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 prompt_of = PromptBuilder("compact")
 
 
@@ -89,15 +88,9 @@ def make_batch(rows: list[tuple[list[int], int]], pad_id: int) -> dict[str, torc
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def extract_boxed(text: str) -> str | None:
-    """The integer inside the last \\boxed{...}, or None."""
-    found = BOXED.findall(text)
-    return found[-1] if found else None
-
-
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer, examples, batch_size: int = 100, max_new_tokens: int = 64) -> float:
-    """Fraction of examples whose greedy completion's last boxed integer equals the gold answer."""
+    """Fraction of examples whose greedy completion's last boxed answer (as the reward reads it) is the gold one."""
     model.eval()
     correct = 0
     for i in range(0, len(examples), batch_size):

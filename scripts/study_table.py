@@ -18,6 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from soft_tokens.markdown import markdown_table
+
 VAL_LINE = re.compile(r"step (\d+) \| (val/accuracy=.*)$")
 KNOBS = {  # column -> key in the resolved config
     "representer": "representer.name",
@@ -90,13 +92,12 @@ def markdown(rows: list[dict]) -> str:
     """One table row per run: knobs, val hard greedy start -> best (step) -> end, grad norms, wall time."""
     knobs = [k for k in KNOBS if len({str(r[k]) for r in rows}) > 1 or k in ("representer", "lr", "seed")]
     head = ["run", *knobs, "val start -> best (step) -> end", "grad norm median / p90", "wall (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for r in rows:
         val = f"{r['start']:.3f} -> {r['best']:.3f} ({r['best_step']}) -> {r['end']:.3f}"
         grads = f"{r['grad_median']:.3g} / {r['grad_p90']:.3g}"
-        cells = [r["run"], *(str(r[k]) for k in knobs), val, grads, str(r["wall_s"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        cells.append([r["run"], *(str(r[k]) for k in knobs), val, grads, str(r["wall_s"])])
+    return markdown_table(head, cells) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from soft_tokens.markdown import markdown_table
 from soft_tokens.run_summary import COMPLETED, FAILED, read_summary
 
 METRICS = ("hard_last", "hard_best", "own_last", "reward_last10")
@@ -140,20 +141,35 @@ def status_cell(run: Run) -> str:
 
 def runs_table(runs: list[Run]) -> str:
     """One row per run: training, overrides, seed, status, steps, time and the validation accuracies."""
-    lines = [
-        "| training | overrides | seed | status | steps | time (s) | val hard greedy: start -> end (best) |"
-        " val own greedy: start -> end | train reward (last 10 steps) |",
-        "|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "training",
+        "overrides",
+        "seed",
+        "status",
+        "steps",
+        "time (s)",
+        "val hard greedy: start -> end (best)",
+        "val own greedy: start -> end",
+        "train reward (last 10 steps)",
     ]
+    rows = []
     for r in runs:
         v = r.values
         reward = "-" if v["reward_last10"] is None else f"{v['reward_last10']:.1f}"
-        lines.append(
-            f"| {r.representer} | {' '.join(r.overrides) or '-'} | {fmt(r.seed)} | {status_cell(r)} | "
-            f"{fmt(r.steps)} | {fmt(r.wall_s)} | {fmt(v['hard_first'])} -> {fmt(v['hard_last'])} "
-            f"({fmt(v['hard_best'])}) | {fmt(v['own_first'])} -> {fmt(v['own_last'])} | {reward} |"
+        rows.append(
+            [
+                r.representer,
+                " ".join(r.overrides) or "-",
+                fmt(r.seed),
+                status_cell(r),
+                fmt(r.steps),
+                fmt(r.wall_s),
+                f"{fmt(v['hard_first'])} -> {fmt(v['hard_last'])} ({fmt(v['hard_best'])})",
+                f"{fmt(v['own_first'])} -> {fmt(v['own_last'])}",
+                reward,
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def mean_se(values: list[float], digits: int = 3) -> str:
@@ -175,21 +191,32 @@ def seeds_table(runs: list[Run]) -> str | None:
     repeated = {k: g for k, g in groups.items() if len(g) > 1}
     if not repeated:
         return None
-    lines = [
-        "| training | overrides | seeds completed / run | val hard greedy: end | val hard greedy: best |"
-        " val own greedy: end | train reward (last 10 steps) |",
-        "|---|---|---|---|---|---|---|",
+    header = [
+        "training",
+        "overrides",
+        "seeds completed / run",
+        "val hard greedy: end",
+        "val hard greedy: best",
+        "val own greedy: end",
+        "train reward (last 10 steps)",
     ]
+    rows = []
     for (name, *overrides), group in repeated.items():
         done = [r for r in group if r.status == COMPLETED]
         cols = {m: [r.values[m] for r in done if r.values[m] is not None] for m in METRICS}
         seeds = ",".join(fmt(r.seed) for r in done)
-        lines.append(
-            f"| {name} | {' '.join(overrides) or '-'} | {len(done)} / {len(group)} ({seeds or '-'}) | "
-            f"{mean_se(cols['hard_last'])} | {mean_se(cols['hard_best'])} | {mean_se(cols['own_last'])} | "
-            f"{mean_se(cols['reward_last10'], 1)} |"
+        rows.append(
+            [
+                name,
+                " ".join(overrides) or "-",
+                f"{len(done)} / {len(group)} ({seeds or '-'})",
+                mean_se(cols["hard_last"]),
+                mean_se(cols["hard_best"]),
+                mean_se(cols["own_last"]),
+                mean_se(cols["reward_last10"], 1),
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> str:

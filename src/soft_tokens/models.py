@@ -17,7 +17,11 @@ from transformers import (
 
 from soft_tokens.lora import LoraSettings
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, torch.dtype | str] = {
+    **TORCH_DTYPES,
+    "auto": "auto",
+}  # model.dtype: auto = the checkpoint's
 
 
 @dataclass

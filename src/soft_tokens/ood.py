@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from soft_tokens.data.files import LOCAL_EXTENSIONS, BadRow, DataError, read_rows
+from soft_tokens.data.files import BadRow, DataError, is_local_file, read_rows
 
 QA_TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -110,9 +110,9 @@ FORMATS: dict[str, Callable[[Mapping[str, Any], str], ChoiceItem]] = {
 
 def _resolve_local(path: str) -> Path | None:
     """A local data file for `path` (relative to the working directory, then PROJECT_ROOT), else None."""
-    p = Path(path)
-    if p.suffix.lower() not in LOCAL_EXTENSIONS:
+    if not is_local_file(path):
         return None
+    p = Path(path)
     for base in (Path.cwd(), Path(os.environ.get("PROJECT_ROOT", "."))):
         candidate = p if p.is_absolute() else base / p
         if candidate.is_file():

@@ -27,6 +27,16 @@ def is_local_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in LOCAL_EXTENSIONS
 
 
+def check_extension(path: str | Path) -> Path:
+    """`path` as a Path; raises DataError unless its extension is one of LOCAL_EXTENSIONS."""
+    path = Path(path)
+    if not is_local_file(path):
+        raise DataError(
+            f"{path}: unsupported file extension {path.suffix!r}, expected one of {LOCAL_EXTENSIONS}"
+        )
+    return path
+
+
 def read_rows(path: str | Path) -> list[tuple[str, Any]]:
     """(position, row) pairs of a local file, e.g. ("line 3", {...}); a row that cannot be read is a BadRow.
 
@@ -35,11 +45,7 @@ def read_rows(path: str | Path) -> list[tuple[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in LOCAL_EXTENSIONS:
-        raise DataError(
-            f"{path}: unsupported file extension {path.suffix!r}, expected one of {LOCAL_EXTENSIONS}"
-        )
+    suffix = check_extension(path).suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -17,7 +17,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
-from soft_tokens.data.files import LOCAL_EXTENSIONS, BadRow, DataError, is_local_file, read_rows
+from soft_tokens.boxed import last_boxed
+from soft_tokens.data.files import BadRow, DataError, check_extension, is_local_file, read_rows
 from soft_tokens.data.types import Example
 
 log = logging.getLogger(__name__)
@@ -45,33 +46,9 @@ def gsm8k_answer(text: str) -> str:
     return answer
 
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\b")
-
-
 def boxed_answer(text: str) -> str:
-    """The content of the last `\\boxed{...}` (or `\\fbox{...}`) in text, nested braces included."""
-    matches = list(_BOXED.finditer(text))
-    if not matches:
-        raise ValueError("no \\boxed{} answer")
-    rest = text[matches[-1].end() :]
-    body = rest.lstrip()
-    if body.startswith("{"):
-        depth, i = 0, 0
-        while i < len(body):
-            if body[i] == "\\":  # skip the escaped character, e.g. the set braces \{ \}
-                i += 2
-                continue
-            depth += {"{": 1, "}": -1}.get(body[i], 0)
-            if depth == 0:
-                break
-            i += 1
-        else:
-            raise ValueError("unbalanced braces in the last \\boxed{}")
-        answer = body[1:i].strip()
-    elif rest[:1].isspace():  # the brace-less form `\boxed 5`
-        answer = re.match(r"[^\s$]*", body).group(0)
-    else:
-        raise ValueError("malformed \\boxed answer")
+    """The gold answer of a solution: the last `\\boxed{...}` (or `\\fbox{...}`), which must not be empty."""
+    answer = last_boxed(text, commands=("boxed", "fbox"))
     if not answer:
         raise ValueError("empty \\boxed{} answer")
     return answer
@@ -350,11 +327,7 @@ class LocalSource(RowSource):
         super().__init__(
             question_field, answer_field, answer_format, solution_field, id_field, limit, on_bad_row
         )
-        self.path = Path(path)
-        if self.path.suffix.lower() not in LOCAL_EXTENSIONS:
-            raise DataError(
-                f"{self.path}: unsupported file extension {self.path.suffix!r}, expected one of {LOCAL_EXTENSIONS}"
-            )
+        self.path = check_extension(path)
 
     def _tables(self) -> Iterator[tuple[str, str, Iterable[tuple[str, Any]]]]:
         yield str(self.path), self.path.stem, read_rows(self.path)
