@@ -159,13 +159,15 @@ def decode_time_tolerance(model, ro: Rollout, rep: TokenRepresenter, calls: list
 
 
 @pytest.mark.numerics
+@pytest.mark.parametrize("group", [1, 3], ids=["distinct", "shared-prompts"])
 @pytest.mark.parametrize("rep", [HardRepresenter(), SoftRepresenter(), SoftRepresenter(temperature=1e-4)])
-def test_teacher_forced_log_probs_equal_decode_time(tiny_model, tiny_tokenizer, rep, monkeypatch):
+def test_teacher_forced_log_probs_equal_decode_time(tiny_model, tiny_tokenizer, rep, group, monkeypatch):
     # No row compaction, so that each recorded CoT step maps to one column of the rollout.
     cfg = RolloutConfig(max_cot_tokens=12, answer_max_tokens=6, compact_fraction=2.0)
     calls = record_decode_logits(rep, monkeypatch)
+    prompts = [p for p in PROMPTS for _ in range(group)]  # group > 1: each prompt's rows share its encoding
     ro = RolloutEngine(tiny_tokenizer, cfg).generate(
-        tiny_model, PROMPTS, rep, generator=torch.Generator().manual_seed(1)
+        tiny_model, prompts, rep, generator=torch.Generator().manual_seed(1)
     )
     assert ro.ids.shape[1] > ro.prompt_len
     tol, _ = decode_time_tolerance(tiny_model, ro, rep, calls)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob, k3_kl
 from soft_tokens.rollout import Rollout
+from soft_tokens.shared_prompts import prefill, prompt_groups
 
 
 @dataclass
@@ -40,15 +41,30 @@ def input_embeds(model: PreTrainedModel, rollout: Rollout) -> Tensor:
 
 
 def hidden_states(model: PreTrainedModel, rollout: Rollout) -> Tensor:
-    """Final hidden states [N, S, d] at the positions that predict each generated step."""
-    out = model.get_decoder()(
-        inputs_embeds=input_embeds(model, rollout),
-        attention_mask=rollout.attention_mask,
-        position_ids=rollout.position_ids,
-        use_cache=False,
-    )
+    """Final hidden states [N, S, d] at the positions that predict each generated step.
+
+    Rows that share a prompt share its encoding: each distinct prompt runs once, then the generated
+    positions attend to its KV cache (shared_prompts.py); otherwise one pass over the whole sequences.
+    """
+    decoder = model.get_decoder()
+    emb, mask, pos = input_embeds(model, rollout), rollout.attention_mask, rollout.position_ids
     P = rollout.prompt_len
-    return out.last_hidden_state[:, P - 1 : -1]
+    groups = prompt_groups(rollout.ids[:, :P], mask[:, :P])
+    if not groups.shared:
+        out = decoder(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False)
+        return out.last_hidden_state[:, P - 1 : -1]
+    cache = DynamicCache(config=decoder.config)
+    last = prefill(decoder, groups, mask[:, :P], pos[:, :P], cache, inputs_embeds=emb[:, :P])
+    if emb.shape[1] - P < 2:  # one generated step: predicted from the prompt alone
+        return last.unsqueeze(1)
+    out = decoder(
+        inputs_embeds=emb[:, P:-1],
+        attention_mask=mask[:, :-1],
+        position_ids=pos[:, P:-1],
+        cache=cache,
+        use_cache=True,
+    )
+    return torch.cat([last.unsqueeze(1), out.last_hidden_state], dim=1)
 
 
 def _chunked(fn: Callable[..., Tensor], n: int, chunk_size: int, *tensors: Tensor) -> Tensor:

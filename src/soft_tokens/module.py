@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 from transformers import PreTrainedModel, get_scheduler
 
 from soft_tokens.data.prompts import PromptBuilder
@@ -200,12 +201,14 @@ class SoftTokensModule(L.LightningModule):
         for i in range(0, len(questions), micro):
             qs, golds = questions[i : i + micro], answers[i : i + micro]
             prompts = [self.format_prompt(q) for q in qs for _ in range(self.G)]
-            ro = self.engine.generate(
-                self.policy, prompts, self.representer, generator=self.rollout_generator()
-            )
-            rewards, correct = self.reward.score_batch(
-                ro.completions, [a for a in golds for _ in range(self.G)]
-            )
+            with record_function("rollout"):
+                ro = self.engine.generate(
+                    self.policy, prompts, self.representer, generator=self.rollout_generator()
+                )
+            with record_function("reward"):
+                rewards, correct = self.reward.score_batch(
+                    ro.completions, [a for a in golds for _ in range(self.G)]
+                )
             scored.append(
                 (ro, rewards.to(self.device).view(-1, self.G), correct.to(self.device).view(-1, self.G))
             )
@@ -235,7 +238,8 @@ class SoftTokensModule(L.LightningModule):
             loss, metrics, logp = self.accumulate_gradients(groups, totals, old_logp)
             if it == 0 and self.estimator.num_iterations > 1:
                 old_logp = logp  # the pre-update policy: no optimizer step has run yet
-            self._optimizer_step(opt, sched, loss)
+            with record_function("optimizer"):
+                self._optimizer_step(opt, sched, loss)
         self._log_step(groups, metrics, loss)
 
     def accumulate_gradients(
@@ -245,19 +249,21 @@ class SoftTokensModule(L.LightningModule):
         metrics, each micro-batch's detached log-probs)."""
         loss, metrics, logps = torch.zeros((), device=self.device), [], []
         for k, grp in enumerate(groups):
-            lp = rollout_log_probs(
-                self.policy,
-                grp.rollout,
-                self.representer,
-                answer_temperature=self.rollout_cfg.answer_temperature,
-                chunk_size=self.logprob_chunk_size,
-                ref_model=self.ref_model,
-                cot_grad_weight=self.cot_grad_weight,
-            )
-            old = old_logp[k] if old_logp is not None else None
-            # The step's totals make each part this micro-batch's share: the parts sum to the unsplit loss.
-            part, m = self.estimator.loss(lp.logp, grp.advantages, lp.mask, old, lp.kl, totals)
-            self.manual_backward(part)
+            with record_function("logprobs"):
+                lp = rollout_log_probs(
+                    self.policy,
+                    grp.rollout,
+                    self.representer,
+                    answer_temperature=self.rollout_cfg.answer_temperature,
+                    chunk_size=self.logprob_chunk_size,
+                    ref_model=self.ref_model,
+                    cot_grad_weight=self.cot_grad_weight,
+                )
+                old = old_logp[k] if old_logp is not None else None
+                # The step's totals make each part this micro-batch's share: the parts sum to the unsplit loss.
+                part, m = self.estimator.loss(lp.logp, grp.advantages, lp.mask, old, lp.kl, totals)
+            with record_function("backward"):
+                self.manual_backward(part)
             loss = loss + part.detach()
             metrics.append(m)
             logps.append(lp.logp.detach())

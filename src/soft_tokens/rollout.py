@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from soft_tokens.kv_cache import preallocated_cache
 from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob, sample_tempered
+from soft_tokens.shared_prompts import prefill, prompt_groups
 
 COT, PREFIX, ANSWER, DONE = 0, 1, 2, 3
 
@@ -237,14 +238,9 @@ class RolloutEngine:
         cache = preallocated_cache(model.config, P + S)
         active = torch.arange(N, device=device)  # rows of the full batch that are in the running batch
         position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)
-        out = decoder(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-        )
-        logits, pre = representer.project(out.last_hidden_state[:, -1], head, E)
+        groups = prompt_groups(prompt_ids, prompt_mask)  # the G samples of a prompt share its prefill
+        hidden = prefill(decoder, groups, prompt_mask, position_ids, cache, input_ids=prompt_ids)
+        logits, pre = representer.project(hidden, head, E)
         attn = prompt_mask  # running batch's attention mask over the cache
         pos = prompt_pos.unsqueeze(1)  # [n, 1] position id of the input fed next, per running row
         ones = torch.ones(N, dtype=torch.long, device=device)
