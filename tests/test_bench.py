@@ -82,3 +82,20 @@ def test_sparse_mixture_equals_the_dense_matmul():
     z = logits.clone().requires_grad_()
     SoftRepresenter(temperature=1e-4).mixture(z, E).sum().backward()
     assert z.grad is not None
+
+
+def test_lora_memory_bench_tiny(tmp_path):
+    run_bench("lora_memory.py", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "lora_memory_tiny.json").read_text())
+    full, lora = (next(r for r in res["rows"] if r["variant"] == v) for v in ("full", "lora"))
+    assert full["global_step"] == lora["global_step"] == 1  # one optimizer step ran
+    assert full["reference_GB"] == full["weights_GB"] and lora["reference_GB"] == 0  # no second copy
+    for r in (full, lora):
+        # float32 AdamW: two moments per trainable weight, plus a scalar step count per tensor (< 1%)
+        assert r["adamw_GB"] == pytest.approx(2 * r["grads_GB"], rel=1e-2) and r["measured_peak_GB"] > 0
+    assert lora["trainable"] < full["trainable"] / 4 and lora["counted_GB"] < full["counted_GB"] / 2
+    full_8b = res["estimate_8b"][0]
+    assert full_8b["params"] == 8_030_261_248  # Llama 3.1 8B's published parameter count
+    assert full_8b["beta_0_GB"] == pytest.approx(16 * 8.030261248) and full_8b[
+        "beta_gt_0_GB"
+    ] == pytest.approx(20 * 8.030261248)
