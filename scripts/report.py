@@ -1,11 +1,14 @@
 """Merge evaluate.py runs of several models into the paper's tables (markdown + PNG heatmaps).
 
     python scripts/report.py --run base=outputs/evaluate/runs/A --run hard=outputs/evaluate/runs/B \\
-        --run soft=outputs/evaluate/runs/C --run fuzzy=outputs/evaluate/runs/D --out docs
+        --run soft=outputs/evaluate/runs/C --run fuzzy=outputs/evaluate/runs/D   # writes outputs/report/
 
 Rows are the models (training modes), columns the inference settings, one table per metric: greedy
 pass@1 (the *_greedy settings), sample pass@1 and sample pass@k (the *_sample settings, k the largest k
-every run measured). Runs that scored out-of-domain multiple choice add accuracy, NLL and NLL-vs-base tables.
+every run measured), each value with one standard error over the problems (markdown "35.0 ± 7.6", and in
+the heatmap cells; percent heatmaps share one 0-100 colour scale, so that a gap of one problem is not
+stretched over the whole colour range). Runs that scored out-of-domain multiple choice add accuracy (with its
+standard error), NLL and NLL-vs-base tables. The report goes to outputs/report/ unless --out says otherwise.
 `--run DIR` without a name uses the name stored in the run's results.json.
 """
 
@@ -19,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from soft_tokens.evaluate_run import EvalResults, markdown_table
+from soft_tokens.evaluate_run import EvalResults, markdown_table, percent_with_se
 from soft_tokens.plots import heatmap_figure
 
 log = logging.getLogger("report")
@@ -38,16 +41,48 @@ class Table:
     percent: bool = True  # values are fractions shown in %
     cmap: str = "viridis"
     xlabel: str = "inference CoT"
+    errors: list[list[float | None]] | None = None  # standard errors, same shape as values
+    symmetric: bool = False  # a colour scale centred on 0 (changes)
 
-    def cell(self, v: float | None) -> str:
+    def cell(self, v: float | None, se: float | None = None) -> str:
         if v is None or math.isnan(v):
             return "-"
-        return f"{100 * v:.1f}" if self.percent else f"{v:.3f}"
+        return percent_with_se(v, se) if self.percent else f"{v:.3f}"
+
+    def error_rows(self) -> list[list[float | None]]:
+        return self.errors or [[None] * len(self.cols) for _ in self.rows]
 
     def markdown(self) -> str:
-        unit = " (%)" if self.percent else ""
+        unit = (
+            " (%, ± one standard error)" if self.percent and self.errors else " (%)" if self.percent else ""
+        )
         header = [f"model \\ {self.title}{unit}", *self.cols]
-        return markdown_table(header, [[r, *map(self.cell, vals)] for r, vals in zip(self.rows, self.values)])
+        rows = zip(self.rows, self.values, self.error_rows())
+        return markdown_table(header, [[r, *map(self.cell, vals, errs)] for r, vals, errs in rows])
+
+    def figure(self):
+        """The table as a heatmap: percent on a fixed 0-100 scale, changes on a scale centred on 0."""
+        scale = 100 if self.percent else 1
+
+        def scaled(rows: list[list[float | None]]) -> list[list[float | None]]:
+            return [[None if v is None else scale * v for v in row] for row in rows]
+
+        finite = [abs(v) for row in self.values for v in row if v is not None and not math.isnan(v)]
+        limit = max(finite, default=1.0) or 1.0
+        vmin, vmax = (0, 100) if self.percent else (-limit, limit) if self.symmetric else (None, None)
+        return heatmap_figure(
+            self.rows,
+            self.cols,
+            scaled(self.values),
+            title=self.title + ((" (%, ± 1 s.e.)" if self.errors else " (%)") if self.percent else ""),
+            fmt="{:.1f}" if self.percent else "{:.3f}",
+            cmap=self.cmap,
+            xlabel=self.xlabel,
+            ylabel="model (training)",
+            errors=scaled(self.errors) if self.errors else None,
+            vmin=vmin,
+            vmax=vmax,
+        )
 
 
 def load_run(spec: str) -> tuple[str, Path, EvalResults]:
@@ -78,9 +113,25 @@ def _column(setting: str) -> str:
     return setting
 
 
+def _setting(res: EvalResults, name: str):
+    return next((s for s in res.settings if s.name == name), None)
+
+
+def _pass_table(
+    runs: list[tuple[str, EvalResults]], key: str, title: str, settings: list[str], k: int
+) -> Table:
+    """pass@k of each run (row) under each setting (column), with its standard error over problems."""
+    values, errors = [], []
+    for _, res in runs:
+        found = [_setting(res, c) for c in settings]
+        values.append([None if s is None else s.pass_at_k.get(k) for s in found])
+        errors.append([None if s is None or k not in s.pass_at_k else s.se(k) for s in found])
+    cols = [_column(c) for c in settings]
+    return Table(key, title, [n for n, _ in runs], cols, values, errors=errors)
+
+
 def math_tables(runs: list[tuple[str, EvalResults]], k: int | None = None) -> list[Table]:
     """Greedy pass@1, sample pass@1 and sample pass@k tables (rows: runs; columns: CoT representation)."""
-    names = [n for n, _ in runs]
 
     def columns(greedy: bool) -> list[str]:
         cols: list[str] = []
@@ -88,52 +139,17 @@ def math_tables(runs: list[tuple[str, EvalResults]], k: int | None = None) -> li
             cols += [s.name for s in res.settings if s.greedy == greedy and s.name not in cols]
         return cols
 
-    def lookup(res: EvalResults, setting: str, kk: int) -> float | None:
-        for s in res.settings:
-            if s.name == setting:
-                return s.pass_at_k.get(kk)
-        return None
-
     tables = []
     greedy_cols, sample_cols = columns(True), columns(False)
     if greedy_cols:
-        tables.append(
-            Table(
-                "greedy_pass1",
-                "greedy pass@1",
-                names,
-                [_column(c) for c in greedy_cols],
-                [[lookup(r, c, 1) for c in greedy_cols] for _, r in runs],
-            )
-        )
+        tables.append(_pass_table(runs, "greedy_pass1", "greedy pass@1", greedy_cols, 1))
     if sample_cols:
         if k is None:  # the largest k measured by every sampled setting of every run
-            common = None
-            for _, res in runs:
-                for s in res.settings:
-                    if not s.greedy:
-                        common = set(s.pass_at_k) if common is None else common & set(s.pass_at_k)
-            k = max(common) if common else 1
-        cols = [_column(c) for c in sample_cols]
-        tables.append(
-            Table(
-                "sample_pass1",
-                "sample pass@1",
-                names,
-                cols,
-                [[lookup(r, c, 1) for c in sample_cols] for _, r in runs],
-            )
-        )
+            measured = [set(s.pass_at_k) for _, res in runs for s in res.settings if not s.greedy]
+            k = max(set.intersection(*measured), default=1)
+        tables.append(_pass_table(runs, "sample_pass1", "sample pass@1", sample_cols, 1))
         if k > 1:
-            tables.append(
-                Table(
-                    f"sample_pass{k}",
-                    f"sample pass@{k}",
-                    names,
-                    cols,
-                    [[lookup(r, c, k) for c in sample_cols] for _, r in runs],
-                )
-            )
+            tables.append(_pass_table(runs, f"sample_pass{k}", f"sample pass@{k}", sample_cols, k))
     return tables
 
 
@@ -147,7 +163,7 @@ def ood_tables(runs: list[tuple[str, EvalResults]], base: str | None) -> list[Ta
     names = [n for n, _ in runs]
 
     def get(res: EvalResults, d: str, key: str) -> float | None:
-        return res.ood[d][key] if d in res.ood else None
+        return res.ood[d].get(key) if d in res.ood else None
 
     tables = [
         Table(
@@ -157,6 +173,7 @@ def ood_tables(runs: list[tuple[str, EvalResults]], base: str | None) -> list[Ta
             datasets,
             [[get(r, d, "accuracy") for d in datasets] for _, r in runs],
             xlabel="dataset",
+            errors=[[get(r, d, "accuracy_se") for d in datasets] for _, r in runs],
         ),
         Table(
             "ood_nll",
@@ -188,6 +205,7 @@ def ood_tables(runs: list[tuple[str, EvalResults]], base: str | None) -> list[Ta
                 percent=False,
                 cmap="coolwarm",
                 xlabel="dataset",
+                symmetric=True,
             )
         )
     return tables
@@ -209,10 +227,12 @@ def write_report(
     datas = {(r.data, r.split, r.n_problems) for _, _, r in runs}
     if len(datas) > 1:
         log.warning("the runs were evaluated on different data: %s", sorted(map(str, datas)))
+    min_problems = min(r.n_problems for _, _, r in runs)
     lines = [f"# {title or 'Evaluation: training mode x inference setting'}", ""]
     lines += [
         "Rows: models (training mode). Columns: CoT representation at inference; answers are greedy. pass@k is the",
-        "unbiased estimator (Chen et al. 2021) over each setting's samples.",
+        "unbiased estimator (Chen et al. 2021) over each setting's samples, shown as mean ± one standard error",
+        f"over the problems (with {min_problems} problems, one problem is {100 / max(min_problems, 1):.1f} points).",
         "",
         markdown_table(
             ["model", "checkpoint", "data", "split", "problems", "samples", "max CoT tokens", "run folder"],
@@ -234,16 +254,7 @@ def write_report(
     ]
     for t in tables:
         png = out_dir / f"{name}_{t.key}.png"
-        fig = heatmap_figure(
-            t.rows,
-            t.cols,
-            [[None if v is None else (100 * v if t.percent else v) for v in row] for row in t.values],
-            title=t.title + (" (%)" if t.percent else ""),
-            fmt="{:.1f}" if t.percent else "{:.3f}",
-            cmap=t.cmap,
-            xlabel=t.xlabel,
-            ylabel="model (training)",
-        )
+        fig = t.figure()
         fig.savefig(png)
         lines += [f"## {t.title}", "", t.markdown(), "", f"![{t.title}]({png.name})", ""]
     if append is not None:
@@ -260,7 +271,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--run", action="append", required=True, help="NAME=DIR (or DIR) of an evaluate.py run"
     )
-    parser.add_argument("--out", default="docs", help="output folder (default: docs)")
+    parser.add_argument("--out", default="outputs/report", help="output folder (default: outputs/report)")
     parser.add_argument("--name", default="evaluation_report", help="file-name stem of the outputs")
     parser.add_argument("--title", default=None, help="title of the markdown report")
     parser.add_argument(

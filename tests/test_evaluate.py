@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -69,12 +71,13 @@ def test_config_has_the_paper_settings_and_the_related_methods():
     assert cfg.prompt.template == "compact" and cfg.split == "test"
 
 
-def test_evaluate_writes_tables_and_plots(tmp_path, tiny_model_dir):
+def test_evaluate_writes_tables_and_plots(tmp_path, tiny_model_dir, caplog):
     out = tmp_path / "run"
     cfg = compose_cfg(
         "evaluate", [f"model.name_or_path={tiny_model_dir}", "num_samples=2", "name=base", *TINY], out
     )
-    res = evaluate(cfg)
+    with caplog.at_level(logging.INFO):
+        res = evaluate(cfg)
     for f in ("results.json", "results.csv", "results.md", "pass_at_k.png", "cot_entropy.png", "config.yaml"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert [s.name for s in res.settings] == SETTINGS
@@ -89,10 +92,23 @@ def test_evaluate_writes_tables_and_plots(tmp_path, tiny_model_dir):
     assert [s.pass_at_k for s in loaded.settings] == [s.pass_at_k for s in res.settings]
     md = (out / "results.md").read_text()
     assert "| hard_greedy | greedy | 1 | 3 |" in md and "pass@2 (%)" in md
+    assert "mean ± one standard error over the 3 problems (one problem is 33.3 points)" in md
+    for s in res.settings:  # every pass@k cell of the markdown is "value ± standard error", in %
+        row = next(line for line in md.splitlines() if line.startswith(f"| {s.name} |"))
+        cells = row.split(" | ")[4 : 4 + len(s.pass_at_k)]
+        expected = [f"{100 * v:.1f} ± {100 * s.se(k):.1f}" for k, v in sorted(s.pass_at_k.items())]
+        assert cells == expected and not any(math.isnan(s.se(k)) for k in s.pass_at_k), row
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("setting,decoding,num_samples,n_problems,pass@1,pass@2") and len(
-        csv_lines
-    ) == 1 + len(SETTINGS)
+    assert csv_lines[0].startswith(
+        "setting,decoding,num_samples,n_problems,pass@1,pass@2,pass@1_se,pass@2_se"
+    )
+    assert len(csv_lines) == 1 + len(SETTINGS)
+    # the log lines give fractions, as every logged metric does (percent only in the markdown tables)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("soft_sample: ")]
+    assert len(logged) == 1 and re.fullmatch(
+        r"soft_sample: pass@1=[01]\.\d{3} ± [01]\.\d{3}  pass@2=[01]\.\d{3} ± [01]\.\d{3} \(\d+ s\)",
+        logged[0],
+    ), logged
     rows = [json.loads(line) for line in (out / "completions" / "soft_sample.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and len(rows[0]["completion"]) == 2
 
@@ -268,11 +284,14 @@ def _fake_results(name: str, offset: float, ood: bool) -> EvalResults:
     settings = [
         SettingResult(s, "r", s.endswith("greedy"), 1 if s.endswith("greedy") else 4, 10,
                       {1: 0.5 + offset} if s.endswith("greedy") else {1: 0.4 + offset, 2: 0.5, 4: 0.6 + offset},
-                      50.0, 20.0, 1.0, [1.0, math.nan], 1.0)
+                      50.0, 20.0, 1.0, [1.0, math.nan], 1.0,
+                      pass_at_k_se={1: 0.05} if s.endswith("greedy") else {1: 0.04, 2: 0.045, 4: 0.06})
         for s in ("hard_greedy", "hard_sample", "soft_greedy", "soft_sample")
     ]  # fmt: skip
-    ood_res = {"arc": {"accuracy": 0.3, "nll": 2.0 + offset, "n_items": 4.0}} if ood else {}
-    return EvalResults(name, "m", "arith", "test", 10, settings, ood_res, {"max_cot_tokens": 64})
+    arc = {"accuracy": 0.3, "accuracy_se": 0.23, "nll": 2.0 + offset, "n_items": 4.0}
+    return EvalResults(
+        name, "m", "arith", "test", 10, settings, {"arc": arc} if ood else {}, {"max_cot_tokens": 64}
+    )
 
 
 def test_report_merges_runs_into_tables(tmp_path, monkeypatch):
@@ -289,8 +308,47 @@ def test_report_merges_runs_into_tables(tmp_path, monkeypatch):
     md = report.main([*runs, "--out", str(tmp_path / "docs")])
     text = md.read_text()
     assert "## greedy pass@1" in text and "## sample pass@4" in text and "## OOD NLL change vs base" in text
-    assert "| soft | 60.0 | 60.0 |" in text  # greedy pass@1 of hard and soft, in %
+    assert "| soft | 60.0 ± 5.0 | 60.0 ± 5.0 |" in text  # greedy pass@1 of hard and soft, in %, ± 1 s.e.
+    assert "| base | 60.0 ± 6.0 | 60.0 ± 6.0 |" in text  # sample pass@4
+    assert "| soft | 30.0 ± 23.0 |" in text  # OOD accuracy
     assert "| soft | 0.100 |" in text  # NLL change vs base
+    assert "(with 10 problems, one problem is 10.0 points)" in text
     pngs = sorted(p.name for p in (tmp_path / "docs").glob("*.png"))
     assert "evaluation_report_greedy_pass1.png" in pngs and "evaluation_report_sample_pass4.png" in pngs
     assert len(pngs) == 6
+    from matplotlib.image import imread
+
+    for png in pngs:  # written images that read back
+        assert imread(tmp_path / "docs" / png).ndim == 3
+    # without --out the report goes to outputs/report under the working directory
+    monkeypatch.chdir(tmp_path)
+    assert report.main(runs) == Path("outputs/report/evaluation_report.md")
+    assert (tmp_path / "outputs" / "report" / "evaluation_report_sample_pass4.png").is_file()
+    # heatmaps of percentages share the 0-100 scale; changes are centred on 0; cells carry their errors
+    tables = report.math_tables([(n, _fake_results(n, o, True)) for n, o in (("base", 0.0), ("soft", 0.1))])
+    image = tables[0].figure().axes[0].images[0]
+    assert (image.norm.vmin, image.norm.vmax) == (0, 100)
+    assert "60.0 ± 5.0" in [t.get_text() for t in tables[0].figure().axes[0].texts]
+    delta = report.ood_tables(
+        [(n, _fake_results(n, o, True)) for n, o in (("base", 0.0), ("soft", 0.1))], "base"
+    )[-1]
+    norm = delta.figure().axes[0].images[0].norm
+    assert norm.vmin == pytest.approx(-0.1) and norm.vmax == pytest.approx(0.1)
+
+
+def test_ood_accuracy_has_its_standard_error(tmp_path, tiny_model_dir):
+    arc = ROOT / "tests" / "fixtures" / "ood" / "arc_tiny.jsonl"
+    overrides = [f"model.name_or_path={tiny_model_dir}", "only=[hard_greedy]", "ood.enabled=true", *TINY]
+    overrides += ["~ood.datasets.hellaswag", "~ood.datasets.mmlu", f"ood.datasets.arc.path={arc}"]
+    res = evaluate(compose_cfg("evaluate", overrides, tmp_path / "run"))
+    scores = res.ood["arc"]
+    n, p = int(scores["n_items"]), scores["accuracy"]
+    correct = torch.tensor([1.0] * round(p * n) + [0.0] * (n - round(p * n)))
+    # the sample standard deviation of the 0/1 scores over sqrt(n), as pass@k's over problems
+    assert scores["accuracy_se"] == pytest.approx(float(correct.std() / math.sqrt(n)), rel=1e-6)
+    row = next(
+        line
+        for line in (tmp_path / "run" / "results.md").read_text().splitlines()
+        if line.startswith("| arc |")
+    )
+    assert f"| {100 * p:.1f} ± {100 * scores['accuracy_se']:.1f} |" in row

@@ -350,15 +350,24 @@ def run_settings(
             )
             res = summarize(ev, sol, time.perf_counter() - start)
             results.append(res)
-            log.info(
-                "%s: %s (%.0f s)",
-                ev.name,
-                "  ".join(f"pass@{k}={100 * v:.1f}" for k, v in res.pass_at_k.items()),
-                res.seconds,
-            )
+            log.info("%s: %s (%.0f s)", ev.name, fraction_summary(res), res.seconds)
             if on_solutions is not None:
                 on_solutions(ev, sol)
     return results
+
+
+def fraction_summary(res: SettingResult) -> str:
+    """'pass@1=0.350 ± 0.076  pass@4=...': the log line's scores, fractions as in every logged metric."""
+    parts = []
+    for k, v in res.pass_at_k.items():
+        se = res.se(k)
+        parts.append(f"pass@{k}={v:.3f}" + ("" if math.isnan(se) else f" ± {se:.3f}"))
+    return "  ".join(parts)
+
+
+def accuracy_se(accuracy: float, n: int) -> float:
+    """Standard error over n items of a fraction correct: sample std of the 0/1 scores / sqrt(n) (nan: n < 2)."""
+    return math.sqrt(accuracy * (1 - accuracy) / (n - 1)) if n > 1 else math.nan
 
 
 # ----------------------------------------------------------------------------- writing a run folder
@@ -426,9 +435,19 @@ def results_markdown(res: EvalResults) -> str:
         parts += [
             "## Out of domain (multiple choice, log-likelihood of each choice)",
             "",
+            "Accuracy as mean ± one standard error over the items.",
+            "",
             markdown_table(
                 ["dataset", "items", "accuracy (%)", "NLL / token of the correct choice"],
-                [[k, int(v["n_items"]), _pct(v["accuracy"]), f"{v['nll']:.3f}"] for k, v in res.ood.items()],
+                [
+                    [
+                        k,
+                        int(v["n_items"]),
+                        percent_with_se(v["accuracy"], v.get("accuracy_se")),
+                        f"{v['nll']:.3f}",
+                    ]
+                    for k, v in res.ood.items()
+                ],
             ),
             "",
         ]
@@ -452,10 +471,16 @@ def write_results(res: EvalResults, out_dir: str | Path) -> dict[str, Path]:
     paths["results.md"].write_text(results_markdown(res))
     curves = {s.name: s.pass_at_k for s in res.settings if not s.greedy}
     greedy = {s.name: s.pass_at_1 for s in res.settings if s.greedy}
-    fig = pass_at_k_figure(curves, greedy, title=f"pass@k, {res.name} on {res.data}")
+    errors = {s.name: s.pass_at_k_se for s in res.settings}
+    title = f"pass@k ± 1 s.e., {res.name} on {res.data} ({res.n_problems} problems)"
+    fig = pass_at_k_figure(curves, greedy, title=title, errors=errors)
     paths["pass_at_k.png"] = out / "pass_at_k.png"
     fig.savefig(paths["pass_at_k.png"])
-    fig = entropy_figure({s.name: s.entropy_profile for s in res.settings}, title=f"CoT entropy, {res.name}")
+    fig = entropy_figure(
+        {s.name: s.entropy_profile for s in res.settings},
+        title=f"CoT entropy, {res.name}",
+        rows={s.name: s.entropy_rows for s in res.settings if s.entropy_rows},
+    )
     paths["cot_entropy.png"] = out / "cot_entropy.png"
     fig.savefig(paths["cot_entropy.png"])
     return paths
@@ -567,5 +592,7 @@ def evaluate_ood(
         items = load_choice_items(**dict(spec))
         res = score_choices(model, tokenizer, items, batch_size=int(ood_cfg.get("batch_size", 16)))
         out[str(name)] = {"accuracy": res.accuracy, "nll": res.mean_nll, "n_items": float(len(items))}
+        if len(items) > 1:
+            out[str(name)]["accuracy_se"] = accuracy_se(res.accuracy, len(items))
         log.info("ood %s: accuracy %.3f, nll %.3f (%d items)", name, res.accuracy, res.mean_nll, len(items))
     return out
