@@ -93,7 +93,7 @@ def snr_rows(model, engine, rep, prompts, golds, args) -> list[dict]:
         rewards_seen.append(float(rewards.mean()))
         adv = est.advantages(rewards.view(args.B, args.G)).view(-1)
         model.train()
-        lp = rollout_log_probs(model, ro, rep, answer_temperature=SAMPLING_TEMPERATURE)
+        lp = rollout_log_probs(model, ro, rep)
         terms["cot"].append(flat_grads(est.loss(lp.logp, adv, ro.cot_mask)[0], params))
         terms["answer"].append(flat_grads(est.loss(lp.logp, adv, ro.answer_mask)[0], params))
     terms["total"] = [c + a for c, a in zip(terms["cot"], terms["answer"])]
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rewards, _ = reward.score_batch(ro.completions, golds)
         adv = est.advantages(rewards.view(args.B, args.G)).view(-1)
         model.train()
-        lp = rollout_log_probs(model, ro, rep, answer_temperature=SAMPLING_TEMPERATURE)
+        lp = rollout_log_probs(model, ro, rep)
         cot, ans = est.loss(lp.logp, adv, ro.cot_mask)[0], est.loss(lp.logp, adv, ro.answer_mask)[0]
         row = {
             "representer": name,

@@ -83,15 +83,18 @@ def rollout_log_probs(
     model: PreTrainedModel,
     rollout: Rollout,
     representer: TokenRepresenter,
-    answer_temperature: float = 1.0,
+    answer_temperature: float | None = None,
     chunk_size: int = 1024,
     ref_model: PreTrainedModel | None = None,
     cot_grad_weight: float = 1.0,
 ) -> StepLogProbs:
     """Log-probs (and KL to `ref_model`, if given) of a rollout's CoT and answer steps under `model`.
 
-    `cot_grad_weight` scales the gradient (not the value) of the CoT steps' log-probs.
+    `cot_grad_weight` scales the gradient (not the value) of the CoT steps' log-probs. Answer tokens are
+    scored at `answer_temperature`, by default the one the rollout sampled them at.
     """
+    if answer_temperature is None:
+        answer_temperature = rollout.answer_temperature
     mask = rollout.gen_mask
     rows, cols = mask.nonzero(as_tuple=True)
     if len(rows) == 0:

@@ -254,7 +254,6 @@ class SoftTokensModule(L.LightningModule):
                     self.policy,
                     grp.rollout,
                     self.representer,
-                    answer_temperature=self.rollout_cfg.answer_temperature,
                     chunk_size=self.logprob_chunk_size,
                     ref_model=self.ref_model,
                     cot_grad_weight=self.cot_grad_weight,

@@ -8,8 +8,11 @@ so each row's sequence is contiguous, `[left padding; prompt; CoT; prefix; answe
 teacher-forced pass can replay it with the same attention mask and position ids. The CoT ends when the
 (shadow) text ends with the stop string, forcing " \\boxed{", or at `max_cot_tokens`, forcing
 " The final answer is: \\boxed{" (as does a representer's early stop, Soft Thinking's Cold Stop). The
-answer ends at the brace closing the box, at EOS, or after `answer_max_tokens`. Rows that are done are dropped from the batch (and from the KV cache) once they make
-up a large enough share of it.
+answer ends at the brace closing the box, at EOS, or after `answer_max_tokens`. Rows that are done are
+dropped from the batch (and from the KV cache) once they make up a large enough share of it.
+
+`RolloutEngine.generate` is the protocol's loop; `Decoding` holds one call's model parts, KV cache and
+logits, with one method per phase of a step; `decode_state.DecodeState` holds the rows' buffers and phases.
 """
 
 from __future__ import annotations
@@ -21,11 +24,10 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from soft_tokens.decode_state import ANSWER, COT, PREFIX, DecodeState, TokenTables
 from soft_tokens.kv_cache import preallocated_cache
 from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob, sample_tempered
 from soft_tokens.shared_prompts import prefill, prompt_groups
-
-COT, PREFIX, ANSWER, DONE = 0, 1, 2, 3
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Rollout:
     seconds: float = 0.0
     aux: dict[str, Tensor] = field(default_factory=dict)  # the representer's per-step extras, [N, S, ...]
     early_stopped: Tensor | None = None  # [N] bool: the representer's entropy stop ended the CoT
+    answer_temperature: float = 1.0  # the answer tokens were sampled from softmax(logits / T)
 
     @property
     def gen_mask(self) -> Tensor:
@@ -91,40 +94,6 @@ class Rollout:
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         moved["aux"] = {k: v.to(device) for k, v in self.aux.items()}
         return Rollout(**moved)
-
-
-class TokenTables:
-    """Per-vocabulary lookup tables used while decoding: brace counts and stop-string candidates."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, cfg: RolloutConfig) -> None:
-        texts = [tokenizer.decode([i]) if i < len(tokenizer) else "" for i in range(vocab_size)]
-        self.opens = torch.tensor([t.count("{") for t in texts])
-        self.closes = torch.tensor([t.count("}") for t in texts])
-        last = cfg.stop_string.rstrip()[-1]
-        # A token can complete the stop string only if its text (right-stripped) ends with its last char.
-        self.may_stop = torch.tensor([t.rstrip().endswith(last) for t in texts])
-        # Tokens that may end a CoT row before its length limit: stop-string candidates and EOS.
-        self.may_end = self.may_stop.clone()
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id < vocab_size:
-            self.may_end[tokenizer.eos_token_id] = True
-        self.stop_window = len(tokenizer.encode(cfg.stop_string, add_special_tokens=False)) + 4
-        self.early_prefix = tokenizer.encode(cfg.early_stop_prefix, add_special_tokens=False)
-        self.limit_prefix = tokenizer.encode(cfg.limit_prefix, add_special_tokens=False)
-
-    def to(self, device: torch.device) -> TokenTables:
-        for name in ("opens", "closes", "may_stop", "may_end"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
-
-def _rows_in(st: Tensor | None, s: int, count: int, n: int) -> Tensor | slice | None:
-    """The running rows in state `s`, given how many of the `n` there are: None if none, all rows as a slice
-    (indexing with it gives a view, not a copy), else their indices in `st`, the running rows' states."""
-    if count == 0:
-        return None
-    if count == n:
-        return slice(None)
-    return (st == s).nonzero().squeeze(-1)
 
 
 # Config fields of Hugging Face models whose logits are not lm_head(final hidden state) (soft-capping,
@@ -164,20 +133,11 @@ class RolloutEngine:
         self._tables: dict[tuple, TokenTables] = {}
 
     def tables(self, vocab_size: int, device: torch.device) -> TokenTables:
+        """The token tables of this tokenizer for a vocabulary size, built once per device."""
         key = (vocab_size, str(device))
         if key not in self._tables:
             self._tables[key] = TokenTables(self.tokenizer, vocab_size, self.cfg).to(device)
         return self._tables[key]
-
-    def _stops(self, rows: Tensor, ids_buf: Tensor, cot_len: int, t: int, w: int) -> Tensor:
-        """Which `rows` (all `cot_len` tokens into their CoT) have a CoT whose last `w` tokens decode to
-        text ending with the stop string."""
-        out = torch.zeros(len(rows), dtype=torch.bool)
-        tails = ids_buf[rows, max(0, t + 1 - w) : t + 1].tolist()
-        for k, tail in enumerate(tails):
-            tail = tail[-min(w, cot_len) :]
-            out[k] = self.tokenizer.decode(tail).rstrip().endswith(self.cfg.stop_string)
-        return out.to(rows.device)
 
     @torch.no_grad()
     def generate(
@@ -190,210 +150,39 @@ class RolloutEngine:
     ) -> Rollout:
         """Roll out one CoT and answer per prompt (repeat prompts for G samples each)."""
         start = time.perf_counter()
-        cfg = self.cfg
-        device = model.device
-        check_plain_head(model)
-        embed = model.get_input_embeddings()
-        E = embed.weight
-        # The decoder and the head are called apart so the representer can project the hidden states itself
-        # (soft tokens make their mixture in the same pass over E); logprobs.py makes the same split.
-        decoder, head = model.get_decoder(), model.get_output_embeddings()
-        vocab = E.shape[0]
-        tab = self.tables(vocab, device)
-        representer.prepare(E)
-        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-
-        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
-        N, P = prompt_ids.shape
-        S = cfg.max_cot_tokens + max(len(tab.early_prefix), len(tab.limit_prefix)) + cfg.answer_max_tokens
-        ids = torch.full((N, S), pad, dtype=torch.long, device=device)
-        gen_attn = torch.zeros((N, S), dtype=torch.long, device=device)
-        cot_mask = torch.zeros((N, S), dtype=torch.bool, device=device)
-        answer_mask = torch.zeros((N, S), dtype=torch.bool, device=device)
-        logp = torch.zeros((N, S), device=device)
-        entropy = torch.zeros((N, S), device=device)
-        fed = (
-            torch.zeros((N, S, E.shape[1]), dtype=E.dtype, device=device) if representer.continuous else None
-        )
-        aux: dict[str, Tensor] = {}  # allocated at the first step that returns each entry
-        calm = torch.zeros(N, dtype=torch.long, device=device)  # consecutive confident CoT steps
-        early = torch.zeros(N, dtype=torch.bool, device=device)
-
-        # max_cot_tokens = 0: no CoT at all, every row starts with the length limit's forced prefix.
-        no_cot = cfg.max_cot_tokens == 0
-        state = torch.full((N,), PREFIX if no_cot else COT, device=device)
-        cot_len = torch.zeros(N, dtype=torch.long, device=device)
-        ans_len = torch.zeros(N, dtype=torch.long, device=device)
-        depth = torch.zeros(N, dtype=torch.long, device=device)
-        clipped = torch.zeros(N, dtype=torch.bool, device=device)
-        prefix_pos = torch.zeros(N, dtype=torch.long, device=device)
-        prefixes = [tab.early_prefix, tab.limit_prefix]
-        prefix_table = torch.full((2, max(map(len, prefixes))), pad, dtype=torch.long, device=device)
-        for k, p in enumerate(prefixes):
-            prefix_table[k, : len(p)] = torch.tensor(p, device=device)
-        prefix_len = torch.tensor([len(p) for p in prefixes], device=device)
-        prefix_kind = torch.full((N,), int(no_cot), dtype=torch.long, device=device)
-        prompt_pos = prompt_mask.sum(1)  # position id of the first generated token, per row
-
-        cache = preallocated_cache(model.config, P + S)
-        active = torch.arange(N, device=device)  # rows of the full batch that are in the running batch
-        position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)
-        groups = prompt_groups(prompt_ids, prompt_mask)  # the G samples of a prompt share its prefill
-        hidden = prefill(decoder, groups, prompt_mask, position_ids, cache, input_ids=prompt_ids)
-        logits, pre = representer.project(hidden, head, E)
-        attn = prompt_mask  # running batch's attention mask over the cache
-        pos = prompt_pos.unsqueeze(1)  # [n, 1] position id of the input fed next, per running row
-        ones = torch.ones(N, dtype=torch.long, device=device)
-        # Every row starts in the CoT at step 0 and leaves it for good, so a row in the CoT at step t is t + 1
-        # tokens into it: CoT lengths are only written when rows leave. `n_in` counts the running rows in each
-        # state; it is read back from the device only after a step in which some row may have changed state,
-        # and a phase all running rows are in is handled with slices (views) rather than gathers.
-        n_in = [0, N, 0, 0] if no_cot else [N, 0, 0, 0]
-        for t in range(S):
-            n = len(active)
-            st = state[active] if max(n_in) != n else None  # needed only when the rows are in several states
-            in_cot = _rows_in(st, COT, n_in[COT], n)
-            in_prefix = _rows_in(st, PREFIX, n_in[PREFIX], n)
-            in_answer = _rows_in(st, ANSWER, n_in[ANSWER], n)
-
+        run = Decoding(self, model, representer, answer_greedy, generator)
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, run.device)
+        st = run.prefill(prompt_ids, prompt_mask)
+        for t in range(run.S):
+            in_cot, in_prefix, in_answer = st.rows_in(COT), st.rows_in(PREFIX), st.rows_in(ANSWER)
+            step = run.cot_step(t, in_cot) if in_cot is not None else None
+            next_ids, next_emb = run.next_inputs(t, step, in_cot, in_prefix, in_answer)
+            live = st.live()
+            st.record_fed(t, next_ids, live)
+            moved = in_prefix is not None or in_answer is not None
             if in_cot is not None:
-                cot_rows = active[in_cot]
-                lg = logits[in_cot]
-                if pre is None:
-                    step = representer.step(lg, E, generator)
-                else:
-                    step = representer.step(lg, E, generator, pre=pre[in_cot])
-                cot_emb = step.embeds.to(E.dtype)
-                logp[cot_rows, t] = step.logp.float()
-                entropy[cot_rows, t] = representer.entropy(lg)
-                cot_mask[cot_rows, t] = True
-                if fed is not None:
-                    fed[cot_rows, t] = cot_emb
-                for key, val in (step.aux or {}).items():
-                    if key not in aux:
-                        aux[key] = torch.zeros((N, S, *val.shape[1:]), dtype=val.dtype, device=device)
-                    aux[key][cot_rows, t] = val
-            if n_in[COT] == n:
-                next_ids, next_emb = step.ids, cot_emb
-            else:
-                next_ids = torch.full((n,), pad, dtype=torch.long, device=device)
-                if in_cot is not None:
-                    next_ids[in_cot] = step.ids
-                if in_prefix is not None:
-                    rows = active[in_prefix]
-                    next_ids[in_prefix] = prefix_table[prefix_kind[rows], prefix_pos[rows]]
-                if in_answer is not None:
-                    rows = active[in_answer]
-                    lg = logits[in_answer]
-                    if answer_greedy:
-                        tok = lg.argmax(-1)
-                        tok_logp = categorical_log_prob(lg, tok, cfg.answer_temperature)
-                    else:
-                        tok, tok_logp = sample_tempered(lg, cfg.answer_temperature, generator)
-                    next_ids[in_answer] = tok
-                    logp[rows, t] = tok_logp
-                    answer_mask[rows, t] = True
-                # Hard tokens (prefix, answer, padding of done rows) are embedded; CoT rows keep their input.
-                next_emb = embed(next_ids)
-                if in_cot is not None:
-                    next_emb[in_cot] = cot_emb
-            live = (st != DONE).long() if n_in[DONE] else ones[:n]
-            ids[active, t] = next_ids
-            gen_attn[active, t] = live
-
-            # Transitions. CoT: stop string on the (shadow) text, EOS, or the length limit.
-            changed = in_prefix is not None or in_answer is not None
-            if in_cot is not None:
-                rows = cot_rows
-                tok = step.ids
-                at_limit = t + 1 >= cfg.max_cot_tokens
-                cold = None
-                # The representer's early stop (Soft Thinking's Cold Stop): `stop_patience` confident steps in a row.
-                if step.confident is not None:
-                    calm[rows] = torch.where(step.confident, calm[rows] + 1, 0)
-                    cold = calm[rows] >= representer.stop_patience
-                    cold = cold if bool(cold.any()) else None
-                if at_limit or cold is not None or len(tab.may_end[tok].nonzero()):
-                    stop = torch.zeros(len(rows), dtype=torch.bool, device=device)
-                    cand = tab.may_stop[tok].nonzero().squeeze(-1)
-                    if len(cand):
-                        stop[cand] = self._stops(rows[cand], ids, t + 1, t, tab.stop_window)
-                    limit = ~stop if at_limit else ~stop & (tok == eos)
-                    if at_limit:
-                        clipped[rows] = limit
-                    if cold is not None:  # ends like the length limit: the full answer prefix is forced
-                        cold = cold & ~stop & ~limit
-                        early[rows] = cold
-                        limit = limit | cold
-                    ended = stop | limit
-                    left = rows[ended]
-                    state[left] = PREFIX
-                    cot_len[left] = t + 1
-                    prefix_kind[left] = limit[ended].long()
-                    changed = True
+                moved = run.end_cots(t, st.active[in_cot], step) or moved
             if in_prefix is not None:
-                rows = active[in_prefix]
-                prefix_pos[rows] += 1
-                state[rows[prefix_pos[rows] >= prefix_len[prefix_kind[rows]]]] = ANSWER
+                st.advance_prefix(st.active[in_prefix], run.prefix_len)
             if in_answer is not None:
-                rows = active[in_answer]
                 tok = next_ids[in_answer]
-                ans_len[rows] += 1
-                depth[rows] += tab.opens[tok] - tab.closes[tok]
-                # The forced prefix opened the box: the answer ends at the first brace that closes it.
-                done = (depth[rows] < 0) | (tok == eos) | (ans_len[rows] >= cfg.answer_max_tokens)
-                state[rows[done]] = DONE
-
-            if changed:  # rows that left the running batch are all done
-                n_in = torch.bincount(state[active], minlength=4).tolist()
-            if n_in[DONE] == n:
+                st.advance_answer(st.active[in_answer], tok, run.tab, run.eos, self.cfg.answer_max_tokens)
+            if moved:  # rows that left the running batch are all done
+                st.recount()
+            if st.finished:
                 break
-            attn = torch.cat([attn, live.unsqueeze(1)], dim=1)
-            out = decoder(
-                inputs_embeds=next_emb.unsqueeze(1),
-                attention_mask=attn,
-                position_ids=pos,
-                cache=cache,
-                use_cache=True,
-            )
-            hidden = out.last_hidden_state[:, -1]
-            logits, pre = representer.project(hidden, head, E) if n_in[COT] else (head(hidden), None)
-            pos = pos + 1
-            # Drop rows that are done from the running batch (and its KV cache) when enough of them are.
-            if n_in[DONE] and n_in[DONE] / n >= cfg.compact_fraction:
-                idx = (state[active] != DONE).nonzero().squeeze(-1)
-                cache.batch_select_indices(idx)
-                active, attn, logits, pos = active[idx], attn[idx], logits[idx], pos[idx]
-                pre = pre[idx] if pre is not None else None
-                n_in[DONE] = 0
+            run.forward(next_emb, live)
+        return run.finish(prompt_ids, prompt_mask, time.perf_counter() - start)
 
-        S_used = int(gen_attn.sum(0).nonzero().max()) + 1 if bool(gen_attn.any()) else 0
-        ids_all = torch.cat([prompt_ids, ids[:, :S_used]], dim=1)
-        attn_all = torch.cat([prompt_mask, gen_attn[:, :S_used]], dim=1)
-        gen_pos = prompt_pos.unsqueeze(1) + torch.arange(S_used, device=device)
-        pos_all = torch.cat([position_ids, gen_pos], dim=1)
-        cot_texts, completions = self._decode(ids[:, :S_used], cot_mask[:, :S_used], gen_attn[:, :S_used])
-        return Rollout(
-            ids=ids_all,
-            attention_mask=attn_all,
-            position_ids=pos_all,
-            prompt_len=P,
-            cot_mask=cot_mask[:, :S_used],
-            answer_mask=answer_mask[:, :S_used],
-            fed=fed[:, :S_used] if fed is not None else None,
-            logp=logp[:, :S_used],
-            entropy=entropy[:, :S_used],
-            cot_lengths=cot_len,
-            answer_lengths=ans_len,
-            clipped=clipped,
-            cot_texts=cot_texts,
-            completions=completions,
-            seconds=time.perf_counter() - start,
-            aux={k: v[:, :S_used] for k, v in aux.items()},
-            early_stopped=early,
-        )
+    def stops(self, rows: Tensor, ids: Tensor, t: int, w: int) -> Tensor:
+        """Which `rows` (t + 1 tokens into their CoT) have a CoT whose last `w` tokens decode to text ending
+        with the stop string."""
+        out = torch.zeros(len(rows), dtype=torch.bool)
+        for k, tail in enumerate(ids[rows, max(0, t + 1 - w) : t + 1].tolist()):
+            out[k] = self.tokenizer.decode(tail[-min(w, t + 1) :]).rstrip().endswith(self.cfg.stop_string)
+        return out.to(rows.device)
 
-    def _decode(self, ids: Tensor, cot_mask: Tensor, attn: Tensor) -> tuple[list[str], list[str]]:
+    def texts(self, ids: Tensor, cot_mask: Tensor, attn: Tensor) -> tuple[list[str], list[str]]:
         """CoT text (shadow tokens for continuous CoTs) and the prefix + answer text of each row."""
         cot, rest = [], []
         for row_ids, row_cot, row_attn in zip(ids.tolist(), cot_mask.tolist(), attn.tolist()):
@@ -401,3 +190,163 @@ class RolloutEngine:
             tail = [i for i, c, a in zip(row_ids, row_cot, row_attn) if a and not c]
             rest.append(self.tokenizer.decode(tail, skip_special_tokens=True))
         return cot, rest
+
+
+class Decoding:
+    """One call of `RolloutEngine.generate`: the model's parts, the KV cache, the last logits and the
+    decode state; its methods are the phases of a decode step."""
+
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        model: PreTrainedModel,
+        representer: TokenRepresenter,
+        answer_greedy: bool,
+        generator: torch.Generator | None,
+    ) -> None:
+        check_plain_head(model)
+        self.engine, self.cfg, self.model = engine, engine.cfg, model
+        self.representer, self.answer_greedy, self.generator = representer, answer_greedy, generator
+        self.device = model.device
+        self.embed = model.get_input_embeddings()
+        self.E = self.embed.weight
+        # The decoder and the head are called apart so the representer can project the hidden states itself
+        # (soft tokens make their mixture in the same pass over E); logprobs.py makes the same split.
+        self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
+        self.tab = engine.tables(self.E.shape[0], self.device)
+        self.pad, self.eos = engine.tokenizer.pad_token_id, engine.tokenizer.eos_token_id
+        self.prefixes, self.prefix_len = self.tab.prefix_table(self.pad, self.device)
+        self.S = self.cfg.max_cot_tokens + self.prefixes.shape[1] + self.cfg.answer_max_tokens
+        representer.prepare(self.E)
+
+    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor) -> DecodeState:
+        """Encode the prompts into a fresh KV cache (each distinct prompt once) and start the decode state."""
+        N, P = prompt_ids.shape
+        fed_dim = self.E.shape[1] if self.representer.continuous else None
+        self.st = DecodeState.start(
+            N, self.S, self.pad, fed_dim, self.E.dtype, self.device, no_cot=self.cfg.max_cot_tokens == 0
+        )
+        self.cache = preallocated_cache(self.model.config, P + self.S)
+        self.position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)
+        groups = prompt_groups(prompt_ids, prompt_mask)  # the G samples of a prompt share its prefill
+        hidden = prefill(
+            self.decoder, groups, prompt_mask, self.position_ids, self.cache, input_ids=prompt_ids
+        )
+        self.logits, self.pre = self.representer.project(hidden, self.head, self.E)
+        self.attn = prompt_mask  # the running batch's attention mask over the cache
+        self.prompt_pos = prompt_mask.sum(1)  # position id of the first generated token, per row
+        self.pos = self.prompt_pos.unsqueeze(1)  # [n, 1] position id of the input fed next
+        return self.st
+
+    def cot_step(self, t: int, in_cot: Tensor | slice):
+        """The representer's next input for the running rows `in_cot`, recorded in the state."""
+        lg = self.logits[in_cot]
+        if self.pre is None:
+            step = self.representer.step(lg, self.E, self.generator)
+        else:
+            step = self.representer.step(lg, self.E, self.generator, pre=self.pre[in_cot])
+        self.cot_emb = step.embeds.to(self.E.dtype)
+        self.st.record_cot(t, self.st.active[in_cot], step, self.representer.entropy(lg), self.cot_emb)
+        return step
+
+    def next_inputs(self, t: int, step, in_cot, in_prefix, in_answer) -> tuple[Tensor, Tensor]:
+        """Ids [n] and input embeddings [n, d] the running rows feed next: the CoT step's, the forced prefix's
+        next token, a sampled (or greedy) answer token, or padding for rows that are done."""
+        st = self.st
+        if st.all_in_cot:
+            return step.ids, self.cot_emb
+        next_ids = torch.full((len(st.active),), self.pad, dtype=torch.long, device=self.device)
+        if in_cot is not None:
+            next_ids[in_cot] = step.ids
+        if in_prefix is not None:
+            rows = st.active[in_prefix]
+            next_ids[in_prefix] = self.prefixes[st.prefix_kind[rows], st.prefix_pos[rows]]
+        if in_answer is not None:
+            lg, T = self.logits[in_answer], self.cfg.answer_temperature
+            if self.answer_greedy:
+                tok = lg.argmax(-1)
+                tok_logp = categorical_log_prob(lg, tok, T)
+            else:
+                tok, tok_logp = sample_tempered(lg, T, self.generator)
+            next_ids[in_answer] = tok
+            st.record_answer(t, st.active[in_answer], tok_logp)
+        # Hard tokens (prefix, answer, padding of done rows) are embedded; CoT rows keep their input.
+        next_emb = self.embed(next_ids)
+        if in_cot is not None:
+            next_emb[in_cot] = self.cot_emb
+        return next_ids, next_emb
+
+    def end_cots(self, t: int, rows: Tensor, step) -> bool:
+        """End the CoT of `rows` (full batch) that hit the stop string, EOS, the length limit or the
+        representer's early stop (Soft Thinking's Cold Stop: `stop_patience` confident steps in a row);
+        whether any row may have ended."""
+        st, tab, tok = self.st, self.tab, step.ids
+        at_limit = t + 1 >= self.cfg.max_cot_tokens
+        cold = None
+        if step.confident is not None:
+            st.calm[rows] = torch.where(step.confident, st.calm[rows] + 1, 0)
+            cold = st.calm[rows] >= self.representer.stop_patience
+            cold = cold if bool(cold.any()) else None
+        if not (at_limit or cold is not None or len(tab.may_end[tok].nonzero())):
+            return False
+        stop = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        cand = tab.may_stop[tok].nonzero().squeeze(-1)
+        if len(cand):
+            stop[cand] = self.engine.stops(rows[cand], st.ids, t, tab.stop_window)
+        limit = ~stop if at_limit else ~stop & (tok == self.eos)
+        if at_limit:
+            st.clipped[rows] = limit
+        if cold is not None:  # ends like the length limit: the full answer prefix is forced
+            cold = cold & ~stop & ~limit
+            st.early[rows] = cold
+            limit = limit | cold
+        st.end_cot(t, rows, stop, limit)
+        return True
+
+    def forward(self, next_emb: Tensor, live: Tensor) -> None:
+        """Feed the next inputs; keep the new logits; drop done rows from the batch once enough are done."""
+        self.attn = torch.cat([self.attn, live.unsqueeze(1)], dim=1)
+        out = self.decoder(
+            inputs_embeds=next_emb.unsqueeze(1),
+            attention_mask=self.attn,
+            position_ids=self.pos,
+            cache=self.cache,
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state[:, -1]
+        if self.st.n_in[COT]:
+            self.logits, self.pre = self.representer.project(hidden, self.head, self.E)
+        else:
+            self.logits, self.pre = self.head(hidden), None
+        self.pos = self.pos + 1
+        keep = self.st.running_to_keep(self.cfg.compact_fraction)
+        if keep is not None:
+            self.cache.batch_select_indices(keep)
+            self.attn, self.logits, self.pos = self.attn[keep], self.logits[keep], self.pos[keep]
+            self.pre = self.pre[keep] if self.pre is not None else None
+
+    def finish(self, prompt_ids: Tensor, prompt_mask: Tensor, seconds: float) -> Rollout:
+        """The rollout: prompt and generated columns joined, trimmed to the positions any row used."""
+        st, S = self.st, self.st.used_length()
+        gen_pos = self.prompt_pos.unsqueeze(1) + torch.arange(S, device=self.device)
+        cot_texts, completions = self.engine.texts(st.ids[:, :S], st.cot_mask[:, :S], st.gen_attn[:, :S])
+        return Rollout(
+            ids=torch.cat([prompt_ids, st.ids[:, :S]], dim=1),
+            attention_mask=torch.cat([prompt_mask, st.gen_attn[:, :S]], dim=1),
+            position_ids=torch.cat([self.position_ids, gen_pos], dim=1),
+            prompt_len=prompt_ids.shape[1],
+            cot_mask=st.cot_mask[:, :S],
+            answer_mask=st.answer_mask[:, :S],
+            fed=st.fed[:, :S] if st.fed is not None else None,
+            logp=st.logp[:, :S],
+            entropy=st.entropy[:, :S],
+            cot_lengths=st.cot_len,
+            answer_lengths=st.ans_len,
+            clipped=st.clipped,
+            cot_texts=cot_texts,
+            completions=completions,
+            seconds=seconds,
+            aux={k: v[:, :S] for k, v in st.aux.items()},
+            early_stopped=st.early,
+            answer_temperature=self.cfg.answer_temperature,
+        )
