@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install train evaluate test test-slow lint format bench clean
+.PHONY: install train evaluate lint test test-fast test-slow format bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,18 @@ train: install  ## python train.py on the embedded default; extra overrides: mak
 evaluate: install  ## python evaluate.py; e.g. make evaluate ARGS="checkpoint=outputs/train/runs/<run>/policy"
 	$(BIN)/python evaluate.py $(ARGS)
 
-test: install  ## lint, format check, fast tests; the numerics tests once more on the portable (non-SIMD) kernels
+lint: install  ## ruff: lint and format check (`make format` fixes what it can)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint  ## lint, every test (the slow ones too), then the numerics tests again on the portable (non-SIMD) kernels
+	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -m numerics $(PYTEST_ARGS)
 
-test-slow: install
+test-fast: install  ## the tests not marked slow (what a plain `pytest` runs)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: install  ## only the tests marked slow
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 format: install

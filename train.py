@@ -26,7 +26,6 @@ register_resolver()  # run_dir in conf/hydra/default.yaml: unique run folders, r
 
 # Expected with RL's manual optimisation and the callback-driven validation: not actionable, so not shown.
 warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
-warnings.filterwarnings("ignore", message=".*val_dataloader.* but have no .validation_step.*")
 warnings.filterwarnings("ignore", message=".*modules? in eval mode at the start of training.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(

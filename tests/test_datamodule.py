@@ -37,7 +37,7 @@ def epoch_ids(dm: MathDataModule, epoch: int, loader=None) -> list[list[str]]:
 
 
 def test_batch_format():
-    dm = make_dm(val=examples(5), val_batch_size=2)
+    dm = make_dm(val=examples(5))
     batches = list(dm.train_dataloader())
     assert len(batches) == N // B == len(dm.train_dataloader())
     for batch in batches:
@@ -48,8 +48,7 @@ def test_batch_format():
         )
     ids = [i for b in batches for i in b["id"]]
     assert len(set(ids)) == len(ids)
-    assert [b["id"] for b in dm.val_dataloader()] == [["e0", "e1"], ["e2", "e3"], ["e4"]]
-    assert dm.val_examples() == examples(5) and dm.test_examples() == [] and dm.test_dataloader() == []
+    assert dm.val_examples() == examples(5) and dm.test_examples() == []
 
 
 def test_sources_from_configs():
@@ -177,7 +176,7 @@ def fit(tmp_path, max_steps: int, ckpt_path=None, num_workers: int = 0) -> list[
     return model.seen
 
 
-@pytest.mark.filterwarnings("ignore:.*(dirpath has changed|no `validation_step`|LeafSpec).*")
+@pytest.mark.filterwarnings("ignore:.*(dirpath has changed|LeafSpec).*")
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_lightning_resume_matches_uninterrupted_run(tmp_path, num_workers):
     full = fit(tmp_path / "full", 12, num_workers=num_workers)  # 5 batches per epoch: crosses two epoch ends
@@ -277,8 +276,6 @@ def test_batch_size_must_be_positive():
     for bad in (0, -2):
         with pytest.raises(ValueError, match="data.batch_size must be a positive integer"):
             make_dm(batch_size=bad)
-    with pytest.raises(ValueError, match="data.val_batch_size"):
-        make_dm(val_batch_size=0)
 
 
 def test_too_small_training_set_names_its_file(tmp_path):

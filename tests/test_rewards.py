@@ -84,9 +84,9 @@ def test_reward_shaping():
     rewards = reward(completions, ["0.5", "\\frac{1}{2}", "0.5", "0.5", "0.5", "0.5"])
     assert rewards.dtype == torch.float32
     assert rewards.tolist() == [100.0, 100.0, 10.0, 0.0, 0.0, 0.0]
-    assert reward.score("so \\boxed{4}", "4") == RewardResult(100.0, "4", True)
-    assert reward.score("\\boxed{5}", "4") == RewardResult(10.0, "5", False)
-    assert reward.score("", "4") == RewardResult(0.0, None, False)
+    assert reward.score("so \\boxed{4}", "4") == RewardResult(100.0, True)
+    assert reward.score("\\boxed{5}", "4") == RewardResult(10.0, False)
+    assert reward.score("", "4") == RewardResult(0.0, False)
 
 
 def test_custom_shaping_and_batch_scores():

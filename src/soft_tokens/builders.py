@@ -1,4 +1,8 @@
-"""Turning a composed Hydra config into the objects of a run (shared by train.py, evaluate.py and tests)."""
+"""A training run's objects from its composed Hydra config: the module, the callbacks and the loggers.
+
+train.py builds its run with these (tests and benchmarks build modules the same way); `RunWandbLogger` is the
+logger class conf/logger/wandb.yaml names.
+"""
 
 from __future__ import annotations
 

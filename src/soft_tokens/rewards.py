@@ -75,10 +75,9 @@ def _report(kind: str, pred: str, detail: str) -> None:
 
 @dataclass(frozen=True)
 class RewardResult:
-    """Reward of one completion, with the extracted answer and whether it was judged correct."""
+    """Reward of one completion and whether its answer was judged correct."""
 
     reward: float
-    extracted: str | None
     correct: bool
 
 
@@ -103,17 +102,13 @@ class MathReward:
         """Reward of one completion; an empty `\\boxed{}` counts as no answer."""
         extracted = extract_boxed(completion)
         if not extracted:
-            return RewardResult(self.no_box, extracted, False)
+            return RewardResult(self.no_box, False)
         ok = is_correct(extracted, gold, self.timeout_s, self.max_answer_chars)
-        return RewardResult(self.correct if ok else self.wrong_boxed, extracted, ok)
-
-    def results(self, completions: list[str], golds: list[str]) -> list[RewardResult]:
-        """Per-item results, for logging."""
-        return [self.score(c, g) for c, g in zip(completions, golds, strict=True)]
+        return RewardResult(self.correct if ok else self.wrong_boxed, ok)
 
     def score_batch(self, completions: list[str], golds: list[str]) -> tuple[Tensor, Tensor]:
         """(rewards float32 [N], correct bool [N])."""
-        res = self.results(completions, golds)
+        res = [self.score(c, g) for c, g in zip(completions, golds, strict=True)]
         return (
             torch.tensor([r.reward for r in res], dtype=torch.float32),
             torch.tensor([r.correct for r in res], dtype=torch.bool),

@@ -108,7 +108,8 @@ class TrainLoader(DataLoader):
 
 
 class MathDataModule(L.LightningDataModule):
-    """Train/val/test sources -> loaders of `Batch` dicts; the train loader shuffles per epoch and resumes exactly.
+    """Train/val/test sources -> a train loader of `Batch` dicts (shuffled per epoch, resumes exactly) and the
+    val and test Examples, which the evaluation callbacks read (Lightning runs no validation loop).
 
     Sources may be built objects with `load()`, `_target_` configs, or lists of Examples. `batch_size` is the
     number of prompts per optimizer step across all processes; each process gets batch_size / world_size.
@@ -123,7 +124,6 @@ class MathDataModule(L.LightningDataModule):
         val: Any = None,
         test: Any = None,
         batch_size: int = 8,
-        val_batch_size: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
         shuffle: bool = True,
@@ -131,9 +131,8 @@ class MathDataModule(L.LightningDataModule):
         max_prompt_tokens: int | None = None,
     ):
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         self.sources = {"train": _build(train), "val": _build(val), "test": _build(test)}
         if on_bad_row is not None:
             check_on_bad_row(on_bad_row)
@@ -141,7 +140,6 @@ class MathDataModule(L.LightningDataModule):
                 if hasattr(source, "on_bad_row"):
                     source.on_bad_row = on_bad_row
         self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
         self.seed, self.num_workers, self.shuffle = seed, num_workers, shuffle
         self.max_prompt_tokens = max_prompt_tokens
         self._budget: PromptBudget | None = None
@@ -213,25 +211,6 @@ class MathDataModule(L.LightningDataModule):
             collate_fn=collate,
             num_workers=self.num_workers,
         )
-
-    def _eval_loader(self, split: str) -> DataLoader | list:
-        examples = self.examples(split)
-        if not examples:
-            return []
-        return DataLoader(
-            ExampleDataset(examples),
-            batch_size=self.val_batch_size,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-        )
-
-    def val_dataloader(self) -> DataLoader | list:
-        """Validation batches in order ([] without a val source)."""
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader | list:
-        """Test batches in order ([] without a test source)."""
-        return self._eval_loader("test")
 
     # ---- resumption (Lightning saves these in checkpoints)
 

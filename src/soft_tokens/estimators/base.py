@@ -8,7 +8,7 @@ An estimator turns rewards [B, G] (G samples of each of B prompts) into advantag
 
 aggregated over steps and sequences by `loss_type`. With one optimisation pass per rollout (`old_logp` is
 None), the ratio is exactly 1 and the gradient is REINFORCE's, -A * grad logp; the loss value is then the
-surrogate sum of -A over steps (TRL logs the same), not -A * logp. A step split into micro-batches passes
+aggregate of -A over the steps (what TRL logs), not of -A * logp. A step split into micro-batches passes
 the `StepTotals` of the whole step, so the micro-batches' losses sum to the unsplit loss.
 """
 
@@ -49,15 +49,16 @@ def aggregate(
     max_length: int | None = None,
     totals: StepTotals | None = None,
 ) -> Tensor:
-    """Reduce a per-step loss [N, S] over valid steps to a scalar: this batch's share of the step's loss.
+    """Reduce a per-step loss [N, S] over its valid steps to a scalar: this batch's share of the step's loss.
 
-    `totals` (default: this batch's own) count the whole step, so every sequence weighs the same whatever
-    the micro-batch split:
-    - sequence_sum: sum over each sequence's steps, mean over sequences (the paper's RLOO loss).
-    - grpo: mean over each sequence's steps, then mean over sequences.
-    - bnpo: mean over all valid steps of the rank's step.
-    - dapo: sum over valid steps divided by the valid steps of the step over all ranks (per rank's share).
-    - dr_grpo: sum over valid steps divided by sequences x max_length (a constant, Dr. GRPO).
+    `totals` (default: this batch's own) describe the whole optimisation step, so every sequence weighs the
+    same however the step is split into micro-batches:
+    - sequence_sum: each sequence's sum over its steps, averaged over the step's sequences (the paper's RLOO).
+    - grpo: each sequence's mean over its steps, averaged over the step's sequences.
+    - bnpo: the sum over valid steps divided by the valid steps of this rank's whole step.
+    - dapo: the sum over valid steps divided by the valid steps of the whole step on every rank, over the
+      world size (DDP then averages the ranks' gradients).
+    - dr_grpo: the sum over valid steps divided by sequences x max_length (a constant, Dr. GRPO).
     """
     totals = totals or StepTotals.of(mask)
     m = mask.to(per_step.dtype)
@@ -143,9 +144,6 @@ class Estimator:
                 "clip_ratio/low_mean": masked_mean(low.float(), mask),
                 "clip_ratio/high_mean": masked_mean(high.float(), mask),
                 "clip_ratio/region_mean": masked_mean((low | high).float(), mask),
-                "advantages_std": advantages.float().std()
-                if advantages.numel() > 1
-                else advantages.new_zeros(()),
             }
             if kl is not None:
                 metrics["kl"] = masked_mean(kl.detach().float(), mask)
