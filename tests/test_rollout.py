@@ -17,7 +17,7 @@ from transformers import LlamaForCausalLM
 
 from soft_tokens.logprobs import rollout_log_probs
 from soft_tokens.representers import HardRepresenter, SoftRepresenter, TokenRepresenter
-from soft_tokens.rollout import Rollout, RolloutConfig, RolloutEngine, encode_prompts
+from soft_tokens.rollout import Decoding, Rollout, RolloutConfig, RolloutEngine, encode_prompts
 from soft_tokens.tiny import tiny_llama
 
 PROMPTS = [
@@ -130,6 +130,28 @@ def test_limit_forces_final_answer_prefix(tiny_model, tiny_tokenizer):
     assert ro.cot_texts[0] == " 1 + 2 +"
     # After the forced prefix the script resumes at its own positions; the answer stops at EOS.
     assert ro.completions[0].startswith(" The final answer is: \\boxed{")
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("rep", [HardRepresenter(), SoftRepresenter()])
+def test_forced_prefix_fed_at_once_equals_token_by_token(tiny_model, tiny_tokenizer, rep, monkeypatch):
+    # A stop string that never matches and no EOS in the CoT: every row reaches the limit together, and the
+    # limit prefix is fed in one forward pass; the same rollout token by token must agree with it.
+    cfg = RolloutConfig(max_cot_tokens=5, answer_max_tokens=4, stop_string="\x00never:")
+    engine = RolloutEngine(tiny_tokenizer, cfg)
+    calls = []
+    feed = Decoding.feed_prefix
+    monkeypatch.setattr(Decoding, "feed_prefix", lambda self, t, k: calls.append(k) or feed(self, t, k))
+    at_once = engine.generate(tiny_model, PROMPTS, rep, generator=torch.Generator().manual_seed(2))
+    assert calls == [len(engine.tables(tiny_model.config.vocab_size, "cpu").limit_prefix)]
+    monkeypatch.setattr(Decoding, "aligned_prefix", lambda self: 0)
+    one_by_one = engine.generate(tiny_model, PROMPTS, rep, generator=torch.Generator().manual_seed(2))
+    for key in ("ids", "attention_mask", "position_ids", "cot_mask", "answer_mask"):
+        assert torch.equal(getattr(at_once, key), getattr(one_by_one, key)), key
+    # The answers' log-probs come from logits computed in another order: within the logits' rounding bound.
+    logits, bound = teacher_forced_logits(tiny_model, one_by_one)
+    tol = categorical_tolerance(logits, one_by_one.logp, 2 * bound, cfg.answer_temperature)
+    assert ((at_once.logp - one_by_one.logp).abs() <= tol)[one_by_one.answer_mask].all()
 
 
 def test_answer_max_tokens_and_shadow_stop_for_soft(tiny_model, tiny_tokenizer):

@@ -165,9 +165,9 @@ class DecodeState:
         self.cot_len[left] = t + 1
         self.prefix_kind[left] = limit[ended].long()
 
-    def advance_prefix(self, rows: Tensor, prefix_len: Tensor) -> None:
-        """One forced-prefix token fed by each of `rows`; those at its end go on to the answer."""
-        self.prefix_pos[rows] += 1
+    def advance_prefix(self, rows: Tensor, prefix_len: Tensor, k: int = 1) -> None:
+        """`k` forced-prefix tokens fed by each of `rows`; those at its end go on to the answer."""
+        self.prefix_pos[rows] += k
         self.phase[rows[self.prefix_pos[rows] >= prefix_len[self.prefix_kind[rows]]]] = ANSWER
 
     def advance_answer(

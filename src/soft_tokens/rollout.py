@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from soft_tokens.decode_state import ANSWER, COT, PREFIX, DecodeState, TokenTables
+from soft_tokens.decode_state import ANSWER, COT, DONE, PREFIX, DecodeState, TokenTables
 from soft_tokens.kv_cache import preallocated_cache
 from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob, sample_tempered
 from soft_tokens.shared_prompts import prefill, prompt_groups
@@ -153,7 +153,14 @@ class RolloutEngine:
         run = Decoding(self, model, representer, answer_greedy, generator)
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, run.device)
         st = run.prefill(prompt_ids, prompt_mask)
-        for t in range(run.S):
+        t = 0
+        while t < run.S:
+            ahead = run.aligned_prefix()
+            if (
+                ahead > 1
+            ):  # every live row is at the same point of the same forced prefix: feed the rest at once
+                t = run.feed_prefix(t, ahead)
+                continue
             in_cot, in_prefix, in_answer = st.rows_in(COT), st.rows_in(PREFIX), st.rows_in(ANSWER)
             step = run.cot_step(t, in_cot) if in_cot is not None else None
             next_ids, next_emb = run.next_inputs(t, step, in_cot, in_prefix, in_answer)
@@ -171,7 +178,8 @@ class RolloutEngine:
                 st.recount()
             if st.finished:
                 break
-            run.forward(next_emb, live)
+            run.forward(next_emb.unsqueeze(1), live)
+            t += 1
         return run.finish(prompt_ids, prompt_mask, time.perf_counter() - start)
 
     def stops(self, rows: Tensor, ids: Tensor, t: int, w: int) -> Tensor:
@@ -303,26 +311,59 @@ class Decoding:
         st.end_cot(t, rows, stop, limit)
         return True
 
+    def aligned_prefix(self) -> int:
+        """Tokens left of the forced prefix when every live running row is at the same point of the same
+        one (as when all rows hit the length limit together), else 0."""
+        st = self.st
+        if st.n_in[PREFIX] == 0 or st.n_in[PREFIX] + st.n_in[DONE] != len(st.active):
+            return 0
+        rows = st.active[st.rows_in(PREFIX)]
+        kind, pos = st.prefix_kind[rows], st.prefix_pos[rows]
+        if not (bool((kind == kind[0]).all()) and bool((pos == pos[0]).all())):
+            return 0
+        return int(self.prefix_len[kind[0]] - pos[0])
+
+    def feed_prefix(self, t: int, k: int) -> int:
+        """Feed the last `k` tokens of the forced prefix the live rows share in one forward pass, at columns
+        t..t+k-1 (done rows feed padding); return the next column."""
+        st, in_prefix = self.st, self.st.rows_in(PREFIX)
+        rows = st.active[in_prefix]
+        kind, pos = int(st.prefix_kind[rows[0]]), int(st.prefix_pos[rows[0]])
+        next_ids = torch.full((len(st.active), k), self.pad, dtype=torch.long, device=self.device)
+        next_ids[in_prefix] = self.prefixes[kind, pos : pos + k]
+        live = st.live()
+        st.ids[st.active, t : t + k] = next_ids
+        st.gen_attn[st.active, t : t + k] = live.unsqueeze(1)
+        st.advance_prefix(rows, self.prefix_len, k)
+        st.recount()
+        self.forward(self.embed(next_ids), live)
+        return t + k
+
     def forward(self, next_emb: Tensor, live: Tensor) -> None:
-        """Feed the next inputs; keep the new logits; drop done rows from the batch once enough are done."""
-        self.attn = torch.cat([self.attn, live.unsqueeze(1)], dim=1)
+        """Feed the next inputs [n, k, d] (k positions per row); keep the logits at the last one for the rows
+        that need them (none while every row is in a forced prefix); drop done rows from the batch once
+        enough are done."""
+        k = next_emb.shape[1]
+        self.attn = torch.cat([self.attn, live.unsqueeze(1).expand(-1, k)], dim=1)
         out = self.decoder(
-            inputs_embeds=next_emb.unsqueeze(1),
+            inputs_embeds=next_emb,
             attention_mask=self.attn,
-            position_ids=self.pos,
+            position_ids=self.pos + torch.arange(k, device=self.device),
             cache=self.cache,
             use_cache=True,
         )
         hidden = out.last_hidden_state[:, -1]
+        self.logits, self.pre = None, None
         if self.st.n_in[COT]:
             self.logits, self.pre = self.representer.project(hidden, self.head, self.E)
-        else:
-            self.logits, self.pre = self.head(hidden), None
-        self.pos = self.pos + 1
+        elif self.st.n_in[ANSWER]:
+            self.logits = self.head(hidden)
+        self.pos = self.pos + k
         keep = self.st.running_to_keep(self.cfg.compact_fraction)
         if keep is not None:
             self.cache.batch_select_indices(keep)
-            self.attn, self.logits, self.pos = self.attn[keep], self.logits[keep], self.pos[keep]
+            self.attn, self.pos = self.attn[keep], self.pos[keep]
+            self.logits = self.logits[keep] if self.logits is not None else None
             self.pre = self.pre[keep] if self.pre is not None else None
 
     def finish(self, prompt_ids: Tensor, prompt_mask: Tensor, seconds: float) -> Rollout:
