@@ -13,7 +13,8 @@ from test_train import compose_train
 import train as train_script
 from callbacks.math_eval import MathEval
 from callbacks.ood_eval import OODEval
-from soft_tokens.evaluate_run import build_setting, load_policy
+from soft_tokens.eval.checkpoints import load_policy
+from soft_tokens.eval.solve import build_setting
 from soft_tokens.models import ModelConfig
 from soft_tokens.representers import HardRepresenter
 

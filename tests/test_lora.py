@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 import train as train_script
 from soft_tokens import tiny
 from soft_tokens.builders import build_module
-from soft_tokens.evaluate_run import load_policy
+from soft_tokens.eval.checkpoints import load_policy
 from soft_tokens.logprobs import rollout_log_probs
 from soft_tokens.lora import AdapterDisabled, LoraSettings, add_adapters, is_peft, merged_copy
 from soft_tokens.models import ModelConfig
