@@ -18,7 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from soft_tokens.evaluate_run import evaluate
+from soft_tokens.eval.run import run_evaluation
 from soft_tokens.run_folder import register_resolver
 
 register_resolver()  # run_dir in conf/hydra/default.yaml
@@ -28,7 +28,7 @@ register_resolver()  # run_dir in conf/hydra/default.yaml
 def main(cfg: DictConfig) -> None:
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
-    evaluate(cfg)
+    run_evaluation(cfg)
 
 
 if __name__ == "__main__":

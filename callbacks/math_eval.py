@@ -12,8 +12,7 @@ import torch
 from callbacks.periodic import PeriodicEval, tensorboard_writers
 from soft_tokens.data.types import Example
 from soft_tokens.distributed import full_parameters
-from soft_tokens.evaluate_run import EvalSetting, build_setting
-from soft_tokens.evaluation import InferenceSetting, solve
+from soft_tokens.eval.solve import EvalSetting, InferenceSetting, build_setting, solve
 from soft_tokens.metrics import EntropyProfile, MeanAccuracy, PassAtK
 from soft_tokens.plots import entropy_figure
 from soft_tokens.representers.base import TokenRepresenter
@@ -74,8 +73,8 @@ class MathEval(PeriodicEval):
         return examples[trainer.global_rank :: trainer.world_size]
 
     @torch.no_grad()
-    def evaluate(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
-        """Solve the validation split under every setting and log the metrics."""
+    def measure(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
+        """Solve the validation split under every setting: the metrics; completions and entropy figure logged."""
         step = trainer.global_step
         examples = self._examples(trainer)
         device = pl_module.device
@@ -108,11 +107,8 @@ class MathEval(PeriodicEval):
             profiles[ev.setting.name] = profile.compute().cpu()
             if ev.accuracy_key == "val/accuracy" and trainer.is_global_zero:
                 self._log_completions(trainer, examples, res, step)
-        self.publish(trainer, metrics, step)
-        if trainer.is_global_zero:
-            log.info("step %d | %s", step, "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-            if self.log_entropy_figure:
-                self._log_entropy_figure(trainer, profiles, step)
+        if trainer.is_global_zero and self.log_entropy_figure:
+            self._log_entropy_figure(trainer, profiles, step)
         return metrics
 
     def _log_completions(self, trainer: L.Trainer, examples: list[Example], res, step: int) -> None:

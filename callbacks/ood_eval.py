@@ -85,8 +85,8 @@ class OODEval(PeriodicEval):
             out[name] = {"accuracy": float(acc.compute()), "nll": float(nll.compute())}
         return out
 
-    def evaluate(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
-        """Score the policy (and the base, the first time) on every dataset and log the metrics."""
+    def measure(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
+        """Score the policy (and the base, the first time) on every dataset: the metrics."""
         step = trainer.global_step
         ref = pl_module.ref_model
         if not self.base and ref is not None:
@@ -109,9 +109,6 @@ class OODEval(PeriodicEval):
                 metrics[f"ood/{name}/nll_delta_vs_base"] = m["nll"] - self.base[name]["nll"]
                 metrics[f"ood/{name}/base_accuracy"] = self.base[name]["accuracy"]
                 metrics[f"ood/{name}/base_nll"] = self.base[name]["nll"]
-        self.publish(trainer, metrics, step)
-        if trainer.is_global_zero:
-            log.info("step %d | %s", step, "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
         return metrics
 
     # ----- checkpoint state

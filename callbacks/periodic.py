@@ -1,6 +1,8 @@
-"""The schedule and the logging shared by the evaluation callbacks: step 0, every n steps, the last step."""
+"""The base of the evaluation callbacks: their schedule (step 0, every n steps, the last step) and logging."""
 
 from __future__ import annotations
+
+import logging
 
 import lightning as L
 import torch
@@ -8,10 +10,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 
 class PeriodicEval(L.Callback):
-    """Calls `evaluate(trainer, pl_module)` at step 0, every `every_n_steps` optimizer steps and at the last step.
+    """Runs `measure(trainer, pl_module)` at step 0, every `every_n_steps` optimizer steps and at the last step.
 
-    Subclasses publish their metrics with `publish`: each one is written once per evaluation, at the global
-    step it was measured at (step 0 = the model before any update), to every logger.
+    Each step is measured once (the last step's bookkeeping). The metrics `measure` returns are published:
+    written once per evaluation to every logger, at the global step they were measured at (step 0 = the
+    model before any update), kept in `trainer.callback_metrics`, and printed as one
+    `step N | key=value ...` line (fractions, three decimals) by the subclass's module logger.
     """
 
     def __init__(self, every_n_steps: int) -> None:
@@ -20,7 +24,8 @@ class PeriodicEval(L.Callback):
         self.every_n_steps = every_n_steps
         self._last_step = -1
 
-    def evaluate(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
+    def measure(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
+        """The metrics of one evaluation (every process calls it; the metrics are already reduced)."""
         raise NotImplementedError
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -34,8 +39,13 @@ class PeriodicEval(L.Callback):
             self._run(trainer, pl_module)
 
     def _run(self, trainer: L.Trainer, pl_module) -> None:
-        self._last_step = trainer.global_step
-        self.evaluate(trainer, pl_module)
+        step = self._last_step = trainer.global_step
+        metrics = self.measure(trainer, pl_module)
+        self.publish(trainer, metrics, step)
+        if trainer.is_global_zero:
+            logging.getLogger(type(self).__module__).info(
+                "step %d | %s", step, "  ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+            )
 
     @staticmethod
     def publish(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:

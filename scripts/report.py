@@ -22,7 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from soft_tokens.evaluate_run import EvalResults, markdown_table, percent_with_se
+from soft_tokens.eval.results import EvalResults, percent_with_se
+from soft_tokens.markdown import markdown_table
 from soft_tokens.plots import heatmap_figure
 
 log = logging.getLogger("report")

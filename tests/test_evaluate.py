@@ -17,13 +17,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from soft_tokens.evaluate_run import (
-    EvalResults,
-    SettingResult,
-    evaluate,
-    load_lightning_checkpoint,
-    load_policy,
-)
+from soft_tokens.eval.checkpoints import load_lightning_checkpoint, load_policy
+from soft_tokens.eval.results import EvalResults, SettingResult
+from soft_tokens.eval.run import run_evaluation
 from soft_tokens.models import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +73,7 @@ def test_evaluate_writes_tables_and_plots(tmp_path, tiny_model_dir, caplog):
         "evaluate", [f"model.name_or_path={tiny_model_dir}", "num_samples=2", "name=base", *TINY], out
     )
     with caplog.at_level(logging.INFO):
-        res = evaluate(cfg)
+        res = run_evaluation(cfg)
     for f in ("results.json", "results.csv", "results.md", "pass_at_k.png", "cot_entropy.png", "config.yaml"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert [s.name for s in res.settings] == SETTINGS
@@ -146,7 +142,7 @@ def test_lightning_checkpoint_and_hf_folder_give_the_same_scores(tmp_path, tiny_
         out = tmp_path / ckpt.name.replace(".", "_")
         overrides = [f"model.name_or_path={tiny_model_dir}", f"checkpoint={ckpt}", "num_samples=2", *TINY]
         cfg = compose_cfg("evaluate", [*overrides, "only=[hard_greedy,soft_sample]"], out)
-        results.append((evaluate(cfg), out))
+        results.append((run_evaluation(cfg), out))
     (a, out_a), (b, out_b) = results
     for sa, sb in zip(a.settings, b.settings):
         assert sa.pass_at_k == sb.pass_at_k and sa.mean_reward == sb.mean_reward
@@ -182,7 +178,7 @@ def test_checkpoint_can_be_a_hub_id_in_the_cache(tmp_path, tiny_model_dir, monke
     for ckpt in ("org/tiny", str(tiny_model_dir)):
         out = tmp_path / ("hub_run" if ckpt == "org/tiny" else "folder_run")
         overrides = [f"checkpoint={ckpt}", "num_samples=2", "only=[hard_greedy,soft_sample]", *TINY]
-        results.append((evaluate(compose_cfg("evaluate", overrides, out)), out))
+        results.append((run_evaluation(compose_cfg("evaluate", overrides, out)), out))
     (hub, hub_out), (folder, folder_out) = results
     assert hub.model == "org/tiny" and hub.meta["checkpoint"] == "org/tiny"
     assert [s.pass_at_k for s in hub.settings] == [s.pass_at_k for s in folder.settings]
@@ -340,7 +336,7 @@ def test_ood_accuracy_has_its_standard_error(tmp_path, tiny_model_dir):
     arc = ROOT / "tests" / "fixtures" / "ood" / "arc_tiny.jsonl"
     overrides = [f"model.name_or_path={tiny_model_dir}", "only=[hard_greedy]", "ood.enabled=true", *TINY]
     overrides += ["~ood.datasets.hellaswag", "~ood.datasets.mmlu", f"ood.datasets.arc.path={arc}"]
-    res = evaluate(compose_cfg("evaluate", overrides, tmp_path / "run"))
+    res = run_evaluation(compose_cfg("evaluate", overrides, tmp_path / "run"))
     scores = res.ood["arc"]
     n, p = int(scores["n_items"]), scores["accuracy"]
     correct = torch.tensor([1.0] * round(p * n) + [0.0] * (n - round(p * n)))

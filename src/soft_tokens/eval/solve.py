@@ -1,15 +1,22 @@
-"""Solving a list of problems under one inference setting: the shared core of validation and evaluation."""
+"""Inference settings and solving a list of problems under one: the shared core of validation and evaluate.py.
+
+An inference setting is a way to decode the CoT (a representer, greedy or sampled), how many samples per
+problem, and the k of the pass@k it reports (docs/method.md, "Inference settings and metrics").
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from torch import Tensor
 from transformers import PreTrainedModel
 
 from soft_tokens.data.types import Example
+from soft_tokens.metrics import default_k_values
 from soft_tokens.representers.base import TokenRepresenter
 from soft_tokens.rollout import RolloutEngine
 
@@ -24,6 +31,58 @@ class InferenceSetting:
 
 
 @dataclass
+class EvalSetting:
+    """An inference setting to run, with the k of its pass@k.
+
+    `accuracy_key`, used by the math-eval callback, logs pass@1 under that metric name instead.
+    """
+
+    setting: InferenceSetting
+    k_values: list[int]
+    accuracy_key: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.setting.name
+
+    @property
+    def greedy(self) -> bool:
+        return bool(self.setting.representer.greedy)
+
+
+def build_setting(name: str, spec: Any) -> EvalSetting:
+    """An EvalSetting from a representer, or from {representer, num_samples, k_values} (configs or objects).
+
+    k_values defaults to 1, the powers of two below num_samples, and num_samples.
+    """
+    if isinstance(spec, TokenRepresenter):
+        return EvalSetting(InferenceSetting(name, spec, 1), [1])
+    if not isinstance(spec, Mapping) or "representer" not in spec:
+        raise TypeError(
+            f"inference setting {name!r}: expected a representer or {{representer, num_samples}}, got {spec!r:.200}"
+        )
+    rep = spec["representer"]
+    if not isinstance(rep, TokenRepresenter):
+        rep = instantiate(rep)
+    n = int(spec.get("num_samples") or 1)
+    ks = sorted({int(k) for k in (spec.get("k_values") or default_k_values(n))})
+    if ks[0] < 1 or ks[-1] > n:
+        raise ValueError(f"inference setting {name!r}: k_values {ks} must lie in 1..num_samples={n}")
+    return EvalSetting(InferenceSetting(name, rep, n), ks)
+
+
+def build_settings(specs: Mapping[str, Any], only: Sequence[str] | None = None) -> list[EvalSetting]:
+    """The settings of a config mapping (name -> spec), in order, keeping `only` those names if given."""
+    names = list(specs)
+    if only:
+        unknown = [n for n in only if n not in specs]
+        if unknown:
+            raise ValueError(f"unknown inference settings {unknown}; configured: {names}")
+        names = [n for n in names if n in set(only)]
+    return [build_setting(str(n), specs[n]) for n in names if specs[n] is not None]
+
+
+@dataclass
 class Solutions:
     """Outcome of solving n problems with k samples each."""
 
@@ -34,11 +93,6 @@ class Solutions:
     entropy_sum: Tensor | None = None  # [L] summed CoT entropy by position
     entropy_count: Tensor | None = None  # [L] number of rows reaching each position
     cot_lengths: Tensor | None = None  # [n, k]
-
-    @property
-    def accuracy(self) -> float:
-        """Fraction of all samples that are correct (pass@1 estimated from every sample)."""
-        return float(self.correct.float().mean()) if self.correct.numel() else 0.0
 
     def entropy_profile(self) -> Tensor:
         """Mean CoT entropy by position [L] (nan where no row reached the position)."""
