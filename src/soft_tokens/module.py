@@ -43,14 +43,14 @@ log = logging.getLogger(__name__)
 class OptimConfig:
     """AdamW (or SGD with momentum) with a warm-up then cosine (or constant) schedule."""
 
-    lr: float = 3e-5
+    lr: float = 1e-4
     weight_decay: float = 0.0
     name: str = "adamw"  # adamw or sgd
     betas: tuple[float, float] = (0.9, 0.999)  # adamw
     eps: float = 1e-8  # adamw
     momentum: float = 0.9  # sgd
     scheduler: str = "cosine"  # any name transformers.get_scheduler knows (cosine, constant_with_warmup, ...)
-    warmup_steps: int = 20
+    warmup_steps: int = 10
     max_grad_norm: float = 1.0
 
 

@@ -34,7 +34,7 @@ from soft_tokens.shared_prompts import prefill, prompt_groups
 class RolloutConfig:
     """Lengths, stop string and forced prefixes of the generation protocol."""
 
-    max_cot_tokens: int = 128
+    max_cot_tokens: int = 64
     answer_max_tokens: int = 32
     answer_temperature: float = 1.0
     stop_string: str = "The final answer is:"
