@@ -158,6 +158,7 @@ def test_unknown_scale_rewards_raises():
         ("dr_grpo", {"max_length": 6, "totals": StepTotals(4, 10, 20)}, 18 / (4 * 6)),
         ("dr_grpo", {"max_length": 6}, 18 / (2 * 6)),  # N x max_length
         ("dr_grpo", {}, 18 / (2 * 3)),  # max_length defaults to S
+        ("dr_grpo", {"totals": StepTotals(4, 10, 20, max_length=6)}, 18 / (4 * 6)),  # the step's max_length
     ],
 )
 def test_aggregate_by_hand(loss_type, kwargs, expected):

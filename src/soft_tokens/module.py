@@ -126,8 +126,6 @@ class SoftTokensModule(L.LightningModule):
         self.cot_grad_weight = float(cot_grad_weight)
         self.tokenizer = model.load_tokenizer()
         self.engine = RolloutEngine(self.tokenizer, rollout)
-        if estimator.max_length is None:
-            estimator.max_length = rollout.max_cot_tokens + rollout.answer_max_tokens
         self.policy: PreTrainedModel | None = None
         self._ref: list[
             PreTrainedModel
@@ -279,6 +277,7 @@ class SoftTokensModule(L.LightningModule):
             sequences=sum(len(g.advantages) for g in groups),
             tokens=n.clamp(min=1),
             global_tokens=(everywhere / self.trainer.world_size).clamp(min=1),
+            max_length=self.rollout_cfg.max_cot_tokens + self.rollout_cfg.answer_max_tokens,
         )
 
     def _optimizer_step(self, opt, sched, loss: Tensor) -> None:

@@ -34,6 +34,7 @@ class StepTotals:
     sequences: int  # sequences on this rank, over all micro-batches
     tokens: Tensor | float  # log-prob-carrying steps on this rank, over all micro-batches (bnpo)
     global_tokens: Tensor | float  # the same over all ranks, divided by the world size (dapo)
+    max_length: int | None = None  # the most steps a rollout can generate (dr_grpo's constant)
 
     @classmethod
     def of(cls, mask: Tensor) -> StepTotals:
@@ -73,7 +74,7 @@ def aggregate(
     if loss_type == "dapo":
         return total / totals.global_tokens
     if loss_type == "dr_grpo":
-        return total / (totals.sequences * (max_length or per_step.shape[1]))
+        return total / (totals.sequences * (max_length or totals.max_length or per_step.shape[1]))
     raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
 
 
