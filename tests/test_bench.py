@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soft_tokens.representers.base import sample_categorical
+from soft_tokens.representers.sampling import sample_categorical
 from soft_tokens.representers.soft import SoftRepresenter, _sparse_mixture
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
+from helpers import PROMPTS, central_diff, gen, make
 from numerics import decode_logit_differences, gumbel_tolerance, record_decode_logits, teacher_forced_logits
-from test_representers import central_diff, gen, make
-from test_rollout import PROMPTS
 from torch.distributions import Gumbel
 
 from soft_tokens.logprobs import rollout_log_probs
@@ -18,7 +17,7 @@ from soft_tokens.representers import (
     MixtureOfInputsRepresenter,
     SoftThinkingRepresenter,
 )
-from soft_tokens.representers.base import entropy_of
+from soft_tokens.representers.sampling import entropy_of
 from soft_tokens.representers.soft_thinking import filtered_top_k
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
 

@@ -16,7 +16,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
-from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob, k3_kl
+from soft_tokens.representers.base import TokenRepresenter
+from soft_tokens.representers.sampling import categorical_log_prob, k3_kl
 from soft_tokens.rollout import Rollout
 from soft_tokens.shared_prompts import prefill, prompt_groups
 

@@ -26,7 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from soft_tokens.decode_state import ANSWER, COT, DONE, PREFIX, DecodeState, TokenTables
 from soft_tokens.kv_cache import preallocated_cache
-from soft_tokens.representers.base import TokenRepresenter, categorical_log_prob, sample_tempered
+from soft_tokens.representers.base import TokenRepresenter
+from soft_tokens.representers.sampling import categorical_log_prob, sample_tempered
 from soft_tokens.shared_prompts import prefill, prompt_groups
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TokenRepresenter, k3_kl, weighted_rows
+from soft_tokens.representers.base import Step, TokenRepresenter
+from soft_tokens.representers.sampling import weighted_rows
 
 
 def gumbel_log_density(z: Tensor, loc: Tensor) -> Tensor:
@@ -81,20 +82,6 @@ class GumbelSoftmaxRepresenter(TokenRepresenter):
             raise ValueError(f"{self!r}.log_prob needs the rollout's aux tensors 'topk_ids' and 'perturbed'")
         q, _ = self.candidates(logits, aux["topk_ids"])
         return gumbel_log_density(aux["perturbed"].float(), q).sum(-1)
-
-    def kl(
-        self,
-        logits: Tensor,
-        ref_logits: Tensor,
-        fed: Tensor | None,
-        ids: Tensor,
-        embedding: Tensor,
-        ref_embedding: Tensor,
-        aux: dict[str, Tensor] | None = None,
-    ) -> Tensor:
-        """k3 estimate at the stored perturbed logits, both densities over the same top-k set."""
-        logp = self.log_prob(logits, fed, ids, embedding, aux)
-        return k3_kl(logp, self.log_prob(ref_logits, fed, ids, ref_embedding, aux).detach())
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", top_k={self.top_k})"

@@ -5,13 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import (
-    Step,
-    TokenRepresenter,
-    categorical_log_prob,
-    choose_token,
-    k3_kl,
-)
+from soft_tokens.representers.base import Step, TokenRepresenter
+from soft_tokens.representers.sampling import categorical_log_prob, choose_token
 
 
 class HardRepresenter(TokenRepresenter):
@@ -32,16 +27,3 @@ class HardRepresenter(TokenRepresenter):
         aux: dict[str, Tensor] | None = None,
     ) -> Tensor:
         return categorical_log_prob(logits, ids, self.temperature)
-
-    def kl(
-        self,
-        logits: Tensor,
-        ref_logits: Tensor,
-        fed: Tensor | None,
-        ids: Tensor,
-        embedding: Tensor,
-        ref_embedding: Tensor,
-        aux: dict[str, Tensor] | None = None,
-    ) -> Tensor:
-        logp = categorical_log_prob(logits, ids, self.temperature)
-        return k3_kl(logp, categorical_log_prob(ref_logits, ids, self.temperature).detach())

@@ -15,7 +15,8 @@ import math
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TrainingFreeRepresenter, choose_token, entropy_of
+from soft_tokens.representers.base import Step, TrainingFreeRepresenter
+from soft_tokens.representers.sampling import choose_token, entropy_of
 
 
 class MixtureOfInputsRepresenter(TrainingFreeRepresenter):

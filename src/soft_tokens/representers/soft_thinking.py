@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TrainingFreeRepresenter, entropy_of, weighted_rows
+from soft_tokens.representers.base import Step, TrainingFreeRepresenter
+from soft_tokens.representers.sampling import entropy_of, weighted_rows
 
 
 def filtered_top_k(
