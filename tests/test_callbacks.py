@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import compose_train
 from omegaconf import open_dict
-from test_train import compose_train
 
 import train as train_script
 from callbacks.math_eval import MathEval

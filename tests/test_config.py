@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import CONF, compose_train
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -15,7 +15,6 @@ from soft_tokens.estimators.base import Estimator
 from soft_tokens.models import ModelConfig
 from soft_tokens.representers.base import TokenRepresenter
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = [
     "model",
     "data",
@@ -32,11 +31,6 @@ GROUPS = [
 
 def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 @pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in choices(g)])

@@ -353,7 +353,7 @@ def test_max_prompt_tokens_cuts_long_questions_from_the_left(tmp_path, caplog):
 
 @pytest.mark.parametrize("content, error", [("", "the file holds no rows"), (None, r"line 2: the prompt is")])
 def test_train_refuses_bad_data_before_loading_the_model(tmp_path, monkeypatch, content, error):
-    from test_train import compose_train
+    from helpers import compose_train
 
     import train as train_script
     from soft_tokens.models import ModelConfig

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_ddp_cpu_two_ranks_split_prompts_without_duplication(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [

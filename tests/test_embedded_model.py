@@ -1,4 +1,3 @@
-import importlib.util
 import re
 from pathlib import Path
 
@@ -6,20 +5,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from scripts import build_embedded_model
 from soft_tokens.data.arith import generate_split
 from soft_tokens.data.prompts import PromptBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets" / "embedded"
-
-
-def load_build_script():
-    spec = importlib.util.spec_from_file_location(
-        "build_embedded_model", ROOT / "scripts" / "build_embedded_model.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +63,13 @@ def test_stop_strings_tokenize_stably(tokenizer):
         assert tokenizer.decode(ids) == completion
 
 
+@pytest.mark.slow
 def test_greedy_accuracy_matches_model_card(tokenizer, model):
     card = (ASSETS / "README.md").read_text()
     recorded = float(
         re.search(r"greedy accuracy on the first 100 val problems \(seed 0\): ([0-9.]+)", card).group(1)
     )
-    build = load_build_script()
+    build = build_embedded_model
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # as in the build, so float reductions run in the same order
     try:

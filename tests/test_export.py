@@ -6,7 +6,7 @@ import json
 
 import jinja2
 import pytest
-from test_train import compose_train
+from helpers import compose_train
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import train as train_script

@@ -9,16 +9,14 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import PACKAGE_MODULE, PACKAGE_YAML, compose_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_train import compose_train
 
 import soft_tokens.representers
 import train as train_script
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-PACKAGE_MODULE = "src/soft_tokens/representers/topk.py"  # where the recipe puts the module in the repository
-PACKAGE_YAML = "conf/representer/topk.yaml"
 
 
 def recipe() -> dict[str, list[str]]:

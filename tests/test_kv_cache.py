@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_rollout import PROMPTS
+from helpers import PROMPTS
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 

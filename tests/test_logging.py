@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_train import compose_train
+from helpers import compose_train
 
 import train as train_script
 from callbacks.progress import EtaColumn, StepProgressBar
@@ -72,6 +72,7 @@ def test_progress_bar_counts_steps_and_shows_key_metrics():
     assert str(EtaColumn().render(task)) == "10.0s/step ETA 0:01:00"
 
 
+@pytest.mark.slow
 def test_train_output_is_clean(tmp_path, tiny_model_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     args = ["debug=fast", f"model.name_or_path={tiny_model_dir}", f"hydra.run.dir={tmp_path}"]
@@ -86,6 +87,7 @@ def test_train_output_is_clean(tmp_path, tiny_model_dir):
     assert text.count("`Trainer.fit` stopped") == 1
 
 
+@pytest.mark.slow
 def test_wandb_logger_offline_without_a_key(tmp_path, tiny_model_dir, monkeypatch):
     from soft_tokens.builders import RunWandbLogger
 

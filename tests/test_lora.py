@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_train
 from safetensors.torch import load_file
-from test_train import compose_train
 from transformers import AutoModelForCausalLM
 
 import train as train_script

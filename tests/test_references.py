@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_extend import PACKAGE_MODULE, PACKAGE_YAML
+from helpers import PACKAGE_MODULE, PACKAGE_YAML
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".txt", ".cfg")

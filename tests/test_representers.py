@@ -6,37 +6,11 @@ import math
 
 import pytest
 import torch
+from helpers import D, V, central_diff, gen, make
 from torch.distributions import Categorical, Normal
 
 import soft_tokens.representers.soft as soft_mod
 from soft_tokens.representers import HardRepresenter, SoftRepresenter
-
-V, D = 7, 5
-
-
-def make(seed: int = 0, n: int = 4, v: int = V, d: int = D) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random logits [n, v] and embedding matrix [v, d] (float32)."""
-    g = torch.Generator().manual_seed(seed)
-    logits = 2 * torch.randn(n, v, generator=g)
-    embedding = torch.randn(v, d, generator=g)
-    return logits, embedding
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def central_diff(f, x: torch.Tensor, h: float) -> torch.Tensor:
-    """Numerical gradient of the scalar f(x) by central differences, entry by entry (x is not modified)."""
-    grad = torch.zeros_like(x)
-    flat = grad.view(-1)
-    for i in range(x.numel()):
-        xp, xm = x.clone(), x.clone()
-        xp.view(-1)[i] += h
-        xm.view(-1)[i] -= h
-        flat[i] = (f(xp) - f(xm)) / (2 * h)
-    return grad
-
 
 # --------------------------------------------------------------------------- soft: density and gradients
 

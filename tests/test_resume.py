@@ -13,9 +13,9 @@ import hydra.core.utils as hydra_utils
 import lightning as L
 import pytest
 import torch
+from helpers import compose_train
 from hydra.core.hydra_config import HydraConfig
 from safetensors.torch import load_file
-from test_train import compose_train
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import train as train_script
@@ -45,6 +45,7 @@ def overrides() -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_resume_after_crash_is_exact(tmp_path, monkeypatch):
     # Keeping the checkpoint of the lowest accuracy makes an early step the best (accuracy rises here): a
     # resume that lost the best-checkpoint tracking would take its first new checkpoint as the best.

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_train
 from safetensors.torch import load_file
-from test_train import compose_train
 from transformers import AutoModelForCausalLM
 
 import train as train_script
@@ -49,6 +49,7 @@ def _train(tmp_path, *extra: str) -> None:
     train_script.train(compose_train(overrides, tmp_path))
 
 
+@pytest.mark.slow
 def test_frozen_embeddings_are_bit_identical_after_training(tmp_path, tied_model_dir):
     _train(tmp_path, "module.freeze_embeddings=true")
     before = load_file(EMBEDDED / "model.safetensors")
@@ -70,6 +71,7 @@ def test_untie_embeddings_copies_the_head_and_keeps_the_function(tied_model_dir)
     assert untie_embeddings(model) is model and model.get_output_embeddings().weight is head
 
 
+@pytest.mark.slow
 def test_untied_model_trains_apart_and_reloads_with_from_pretrained(tmp_path, tied_model_dir):
     _train(tmp_path, "model.untie_embeddings=true")
     saved = load_file(tmp_path / "policy" / "model.safetensors")
@@ -128,6 +130,7 @@ def test_cot_grad_weight_scales_only_the_cot_steps_gradient(tiny_model, tiny_tok
             assert torch.equal(g, f)
 
 
+@pytest.mark.slow
 def test_sgd_trains(tmp_path):
     _train(tmp_path, "module.optim.name=sgd", "module.optim.momentum=0.5")
     before = load_file(EMBEDDED / "model.safetensors")

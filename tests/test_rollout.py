@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import PROMPTS
 from numerics import (
     categorical_tolerance,
     decode_logit_differences,
@@ -19,12 +20,6 @@ from soft_tokens.logprobs import rollout_log_probs
 from soft_tokens.representers import HardRepresenter, SoftRepresenter, TokenRepresenter
 from soft_tokens.rollout import Decoding, Rollout, RolloutConfig, RolloutEngine, encode_prompts
 from soft_tokens.tiny import tiny_llama
-
-PROMPTS = [
-    "User: Ann has 7 apples. She gets 5 more. How many apples does Ann have now? Assistant:",
-    "User: Bob? Assistant:",
-    "User: Bob has 9 pens. Assistant:",
-]
 
 
 class ScriptedLM(LlamaForCausalLM):

@@ -2,45 +2,31 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
+from helpers import compose_config, compose_train
 from omegaconf import OmegaConf, open_dict
-from test_train import CONF, compose_train
 
 import train as train_script
+from scripts import summarize_runs
 from soft_tokens.run_summary import read_summary, recorded_failure
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def summarize(monkeypatch):
-    spec = importlib.util.spec_from_file_location("summarize_runs", ROOT / "scripts" / "summarize_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "summarize_runs", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_sweep_job_folders_are_named_by_their_overrides():
     overrides = ["seed=1", "representer=soft", "model.name_or_path=/some/model", "ckpt_path=/a/b.ckpt"]
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    cfg = compose_config("train", overrides, keep_hydra=True)
     with open_dict(cfg):
         cfg.hydra.job.num = 3
     # paths (which would nest folders) and the resume checkpoint are left out of the name
     assert OmegaConf.select(cfg, "hydra.sweep.subdir") == "3_representer=soft,seed=1"
 
 
-def test_failed_run_logs_its_traceback_and_is_marked_failed(tmp_path, summarize):
+def test_failed_run_logs_its_traceback_and_is_marked_failed(tmp_path):
     run = tmp_path / "run"
     cfg = compose_train(["debug=fast", f"model.name_or_path={tmp_path / 'no_model_here'}"], run)
     with pytest.raises(Exception) as raised:
@@ -49,7 +35,7 @@ def test_failed_run_logs_its_traceback_and_is_marked_failed(tmp_path, summarize)
     assert summary["status"] == "failed" and type(raised.value).__name__ in summary["error"]
     log = (run / summary["log"]).read_text()
     assert "Traceback (most recent call last)" in log and str(raised.value).splitlines()[0] in log
-    table = summarize.main([str(run)])
+    table = summarize_runs.main([str(run)])
     row = next(line for line in table.splitlines() if "failed" in line)
     assert "**failed**" in row and row.endswith("| - |")  # no reward of 0.0 for a run that never trained
 
@@ -84,12 +70,12 @@ def _fake_run(folder: Path, seed: int, hard: list[float], reward: float, status:
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
-def test_summary_shows_seed_and_overrides_and_aggregates_over_seeds(tmp_path, summarize):
+def test_summary_shows_seed_and_overrides_and_aggregates_over_seeds(tmp_path):
     sweep = tmp_path / "sweep"
     _fake_run(sweep / "0_representer=soft,seed=0", 0, [0.30, 0.40], 20.0)
     _fake_run(sweep / "1_representer=soft,seed=1", 1, [0.30, 0.50], 30.0)
     _fake_run(sweep / "2_representer=soft,seed=2", 2, [0.30], 40.0, status="failed")
-    table = summarize.main([str(sweep)])
+    table = summarize_runs.main([str(sweep)])
     rows = [line for line in table.splitlines() if line.startswith("| soft |")]
     assert len(rows) == 4  # three runs, one aggregate
     assert "| representer=soft module.optim.lr=3e-5 | 0 | completed |" in rows[0]

@@ -10,6 +10,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import compose_config
 
 from soft_tokens.data.sources import (
     ArithSource,
@@ -284,12 +285,9 @@ def test_hub_bad_row_names_dataset_and_row(fake_hub):
 
 
 def test_olympiadbench_config_reads_list_answers_without_dollars(fake_hub):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("evaluate", ["data=olympiadbench"])
+    cfg = compose_config("evaluate", ["data=olympiadbench"])
     assert cfg.data.train.path == "EleutherAI/hendrycks_math"  # trained and validated on MATH
     examples = instantiate(cfg.data.test).load()
     assert [(e.id, e.answer) for e in examples] == [
@@ -320,15 +318,12 @@ def test_strip_math_delimiters(answer, stripped):
 
 
 def test_hub_configs_read_a_local_copy_through_path(tmp_path, fake_hub):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     rows = [{"id": 7, "question": "o", "final_answer": ["$69$,$84$"], "solution": ["..."]}]
     copy = tmp_path / "OE_TO_maths_en_COMP.json"
     copy.write_text(json.dumps(rows))
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("evaluate", ["data=olympiadbench", f"data.test.path={copy}"])
+    cfg = compose_config("evaluate", ["data=olympiadbench", f"data.test.path={copy}"])
     examples = instantiate(cfg.data.test).load()
     assert [(e.id, e.answer) for e in examples] == [("7", "69, 84")] and fake_hub == []
     assert examples[0].origin == f"{copy}, row 0"

@@ -4,35 +4,19 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import hydra
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from helpers import compose_train
 from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import open_dict
 
 import train as train_script
 from soft_tokens.builders import build_module
 from soft_tokens.estimators.grpo import grpo_advantages
 from soft_tokens.module import Group, NonFiniteLossError
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-def compose_train(overrides: list[str], out_dir: Path):
-    """The composed train config, with its run folder set to out_dir (as Hydra would at run time)."""
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-        del cfg.hydra
-    return cfg
 
 
 def test_train_smoke_writes_run_folder(tmp_path, tiny_model_dir):

@@ -1,0 +1,1 @@
+"""Command-line tools around training runs (each one runs as `python scripts/<name>.py`, or is imported)."""

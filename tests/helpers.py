@@ -1,0 +1,73 @@
+"""Helpers shared by the test modules (which never import each other): composed configs, prompts, tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Prompts of different lengths (left padding differs per row), for rollout and KV-cache tests.
+PROMPTS = [
+    "User: Ann has 7 apples. She gets 5 more. How many apples does Ann have now? Assistant:",
+    "User: Bob? Assistant:",
+    "User: Bob has 9 pens. Assistant:",
+]
+
+# Where README's "Adding a representer" recipe puts its files in the repository.
+PACKAGE_MODULE = "src/soft_tokens/representers/topk.py"
+PACKAGE_YAML = "conf/representer/topk.yaml"
+
+V, D = 7, 5  # vocabulary and embedding width of the representer tests' random tensors
+
+
+def compose_config(
+    name: str, overrides: list[str], out_dir: Path | None = None, keep_hydra: bool = False
+) -> DictConfig:
+    """The composed config `name` (train, evaluate); with `out_dir`, its run folder set there and the Hydra
+    config registered, as Hydra does at run time; `keep_hydra` keeps the `hydra` node in the result."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=out_dir is not None or keep_hydra)
+    if out_dir is not None:
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out_dir)
+    if "hydra" in cfg and not keep_hydra:
+        with open_dict(cfg):
+            del cfg.hydra
+    return cfg
+
+
+def compose_train(overrides: list[str], out_dir: Path | None = None) -> DictConfig:
+    """The composed train config; with `out_dir`, ready for `train.train` with its run folder there."""
+    return compose_config("train", overrides, out_dir)
+
+
+def make(seed: int = 0, n: int = 4, v: int = V, d: int = D) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random logits [n, v] and embedding matrix [v, d] (float32)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(n, v, generator=g)
+    embedding = torch.randn(v, d, generator=g)
+    return logits, embedding
+
+
+def gen(seed: int) -> torch.Generator:
+    """A CPU generator seeded with `seed`."""
+    return torch.Generator().manual_seed(seed)
+
+
+def central_diff(f, x: torch.Tensor, h: float) -> torch.Tensor:
+    """Numerical gradient of the scalar f(x) by central differences, entry by entry (x is not modified)."""
+    grad = torch.zeros_like(x)
+    flat = grad.view(-1)
+    for i in range(x.numel()):
+        xp, xm = x.clone(), x.clone()
+        xp.view(-1)[i] += h
+        xm.view(-1)[i] -= h
+        flat[i] = (f(xp) - f(xm)) / (2 * h)
+    return grad
