@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 pytest.importorskip("deepspeed")  # the deepspeed extra: pip install -e ".[deepspeed]"
+pytestmark = pytest.mark.slow  # 2-process training runs of ~50 s each (make test runs them)
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_DEEPSPEED = [
@@ -103,7 +104,6 @@ def test_deepspeed_measures_the_gradient_norm(zero2):
     assert max(r["metrics"]["train/grad_norm"] for r in rows[0][: moved[0] + 1]) > 0
 
 
-@pytest.mark.slow
 def test_deepspeed_zero2_equals_ddp(zero2, tmp_path):
     # Two ranks: the mean of two gradients is exact in any order (a two-term sum commutes, halving is
     # exact) and both run the same AdamW on the same values, so the weights are bit-identical.
@@ -114,7 +114,6 @@ def test_deepspeed_zero2_equals_ddp(zero2, tmp_path):
     assert all(torch.equal(ddp[k], zero[k]) for k in ddp)
 
 
-@pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=ZERO_KEEPS_LAST_BACKWARD)
 def test_deepspeed_micro_batches_equal_ddp(tmp_path):
     micro = "module.rollout_micro_batch=1"  # 2 prompts per rank: 2 backward passes per optimizer step
