@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # One prepared GPU check: the rollout and training-step benchmarks at realistic shapes on CUDA in bfloat16.
 #
-#   bash bench/gpu_check.sh OUT_DIR            # about 8 minutes on one H100
-#   QUICK=1 bash bench/gpu_check.sh OUT_DIR    # shorter CoTs and fewer repetitions (about 3 minutes)
-#   EXTRA=1 bash bench/gpu_check.sh OUT_DIR    # also: generate with a static KV cache, and torch.compile
+#   bash bench/gpu_check.sh OUT_DIR            # at most about 8 minutes (each step has its own timeout)
+#   QUICK=1 bash bench/gpu_check.sh OUT_DIR    # shorter CoTs and fewer repetitions
+#   EXTRA=1 bash bench/gpu_check.sh OUT_DIR    # also the teacher-forced pass benchmark
 #
-# Shapes: Qwen2.5-0.5B at full depth (24 layers, vocab 151,936, random weights), batch 64 (the paper's
-# B x G = 2 x 32), CoT L = 128 and 4L = 512 (the paper's evaluation length); training step N = 16 rows,
-# L = 256. On an H100 the L = 128 half of the rollout part took about 2 minutes and the training step
-# about 1 minute. Results (JSON and markdown) go to OUT_DIR and are printed. Each step is bounded by
-# `timeout` (ROLLOUT_TIMEOUT, TRAIN_TIMEOUT), and a failing step does not stop the others.
+# Shapes: the embedded model and Qwen2.5-0.5B at full depth (24 layers, vocab 151,936, random weights),
+# batch 64 (the paper's B x G = 2 x 32), CoT L = 128 and 4L = 512; then two RL steps of the Llama-3.2-3B
+# preset's shape (random weights, B 2 x G 32, CoT 128) per representer. This version has not run on a GPU
+# yet (docs/benchmarks.md). Results (JSON and markdown) go to OUT_DIR and are printed. Each step is
+# bounded by `timeout`, and a failing step does not stop the others.
 # The rollout engine needs a transformers whose model forward takes `cache=` (5.24 does); put one first
 # on PYTHONPATH if the machine's is older (the script checks and says so).
 set -u
@@ -59,18 +59,23 @@ step() {  # step NAME TIMEOUT_S CMD...
   [ "$rc" = 0 ] || echo "=== $name failed or timed out (exit $rc) ===" | tee -a "$OUT/$name.log"
 }
 
-step rollout "${ROLLOUT_TIMEOUT:-420}" "$PY" bench/rollout.py "${COMMON[@]}" --models small,qwen --layers 24 \
-  --batch 64 --cot-len "$L" --qwen-cot-len "$L" --reps "$REPS" --small-reps "$REPS" --out "$OUT/eager"
-step train_step "${TRAIN_TIMEOUT:-240}" "$PY" bench/train_step.py "${COMMON[@]}" --layers 24 --batch 16 --group 8 \
-  --cot-len "$TL" --chunk-size 1024 --reps "$REPS" --out "$OUT/eager"
+# 1. Decode tokens/s, hard/soft/fuzzy against plain generate, both models.
+step rollout "${ROLLOUT_TIMEOUT:-240}" "$PY" bench/rollout.py "${COMMON[@]}" --models small,qwen --layers 24 \
+  --batch 64 --cot-len "$L" --qwen-cot-len "$L" --reps "$REPS" --small-reps "$REPS" --no-static-anchor \
+  --no-micro --out "$OUT/eager"
+# 2. The same at the Qwen shape against generate with a static cache and a compiled forward (compiles first).
+step rollout_static "${STATIC_TIMEOUT:-150}" "$PY" bench/rollout.py "${COMMON[@]}" --models qwen --layers 24 \
+  --batch 64 --qwen-cot-len "$L" --long-factor 1 --reps 2 --no-micro --out "$OUT/static"
+# 3. Share of the memory-bandwidth bound (weights + KV cache read per decode step).
+step bandwidth 30 "$PY" bench/bandwidth_bound.py "$OUT/eager/rollout.json"
+# 4. Full RL steps of the paper's Llama-3.2-3B GSM8K shape (random weights): time and peak memory.
+step rl_step "${RL_TIMEOUT:-150}" "$PY" bench/gpu_train_step.py --model llama3_2_3b --steps 2 --G 32 --B 2 \
+  --max-cot 128 --out "$OUT/rl_step.json"
 
 if [ "${EXTRA:-0}" = 1 ]; then
-  # generate with a static KV cache (transformers may compile its decode step itself).
-  step rollout_static 300 "$PY" bench/rollout.py "${COMMON[@]}" --models qwen --layers 24 --batch 64 \
-    --qwen-cot-len "$L" --reps 2 --no-micro --static-cache --out "$OUT/static_cache"
-  # torch.compile of the decoder forward (dynamic shapes), for generate and the rollouts alike.
-  step rollout_compile 300 "$PY" bench/rollout.py "${COMMON[@]}" --models qwen --layers 24 --batch 64 \
-    --qwen-cot-len "$L" --reps 2 --no-micro --compile --out "$OUT/compile"
+  # The teacher-forced pass alone, against a naive full-logits version.
+  step train_step 240 "$PY" bench/train_step.py "${COMMON[@]}" --layers 24 --batch 16 --group 8 \
+    --cot-len "$TL" --chunk-size 1024 --reps "$REPS" --out "$OUT/eager"
 fi
 echo
 echo "gpu_check done ($(date +%T)); results in $OUT"

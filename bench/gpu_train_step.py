@@ -27,6 +27,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
 import train as train_script  # noqa: E402
+from soft_tokens import builders  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -87,13 +88,13 @@ def run(
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
     timer = StepTimer()
-    build = train_script.build_callbacks
-    train_script.build_callbacks = lambda c: [*build(c), timer]
+    build = builders.build_callbacks  # train() imports it when it runs: add the timer there
+    builders.build_callbacks = lambda c: [*build(c), timer]
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     train_script.train(cfg)
-    train_script.build_callbacks = build
+    builders.build_callbacks = build
     steady = timer.times[1:] or timer.times
     return {
         "model": model,

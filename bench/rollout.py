@@ -188,6 +188,8 @@ def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device
                     "model": label,
                     "L": L,
                     "variant": v,
+                    "batch": len(prompts),
+                    "prompt_len": P,
                     "tokens": tokens[v],
                     "median_s": at[v]["median"],
                     "wall_s": at[v]["median_wall"],

@@ -100,3 +100,17 @@ def test_lora_memory_bench_tiny(tmp_path):
     assert full_8b["beta_0_GB"] == pytest.approx(16 * 8.030261248) and full_8b[
         "beta_gt_0_GB"
     ] == pytest.approx(20 * 8.030261248)
+
+
+def test_bandwidth_bound_by_hand(tmp_path):
+    # 1M bf16 parameters (2 MB) + KV of 8 rows x 10 positions (prompt 5 + half of 10 generated) x 2 layers x
+    # (K, V) x 2 KV heads x head dim 16 x 2 bytes = 20,480 B per step; at 1 GB/s: 8 / 2.02048e-3 s tok/s.
+    model = {"dtype": "bfloat16", "hidden": 64, "heads": 4, "kv_heads": 2, "layers": 2, "params_M": 1.0}
+    bound = 8 / (2_020_480 / 1e9)
+    row = {"model": "m", "L": 4, "variant": "hard", "batch": 8, "prompt_len": 5, "tokens": 80}
+    payload = {"machine": {}, "models": {"m": model}, "rows": [{**row, "tok_per_s": bound / 2}]}
+    path = tmp_path / "rollout.json"
+    path.write_text(json.dumps(payload))
+    cmd = [sys.executable, str(ROOT / "bench" / "bandwidth_bound.py"), str(path), "--bandwidth-gbs", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert f"| m | 4 | hard | {bound / 2:.0f} | {bound:.0f} | 0.50 |" in out

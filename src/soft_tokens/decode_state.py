@@ -1,7 +1,7 @@
 """The per-row state of a batch being rolled out: where each row is in the generation protocol, what it fed.
 
-Every row moves through the phases CoT -> forced prefix -> answer -> done (docs/method.md, "Generation
-protocol"), all rows advancing one position per forward pass. `DecodeState` holds the rollout's buffers
+Every row moves through the phases CoT -> forced prefix -> answer -> done, all rows advancing one
+position per forward pass (docs/method.md, "Generation protocol"). `DecodeState` holds the rollout's buffers
 (indexed by row of the full batch and generated position) and the running batch (the rows still in the KV
 cache); its methods are the phase transitions. `TokenTables` are the per-vocabulary facts the transitions
 read: brace counts and which tokens may end a CoT.
