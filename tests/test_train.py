@@ -126,6 +126,14 @@ def tiny_module(tiny_model_dir, tmp_path, overrides: list[str]):
     return attach(module)
 
 
+def rollouts_with_advantages(module, questions: list[str], answers: list[str]) -> list[Group]:
+    """The first three parts of a training step: rollouts, rewards, advantages."""
+    groups = module.generate_rollouts(questions)
+    module.score(groups, answers)
+    module.assign_advantages(groups)
+    return groups
+
+
 def rows_of(group: Group, prompts: slice, G: int) -> Group:
     """The sub-group of whole prompts `prompts` (their G rows each), every column kept."""
     rows = list(range(prompts.start * G, prompts.stop * G))
@@ -155,7 +163,7 @@ def test_micro_batches_weight_every_sequence_like_the_unsplit_step(tiny_model_di
         [f"estimator={est}", f"estimator.loss_type={loss_type}", "module.samples_per_prompt=2"],
     )
     module.policy.double()
-    (whole,) = module.generate_rollouts(QUESTIONS, ANSWERS)
+    (whole,) = rollouts_with_advantages(module, QUESTIONS, ANSWERS)
     torch.manual_seed(0)
     whole.advantages = torch.randn(8, dtype=torch.float64)  # rewards of a random model are mostly equal
     split = [rows_of(whole, slice(0, 3), 2), rows_of(whole, slice(3, 4), 2)]
@@ -204,7 +212,7 @@ def test_grpo_batch_std_covers_every_micro_batch(tiny_model_dir, tmp_path):
         ],
     )
     scripted_rewards(module, REWARDS)
-    groups = module.generate_rollouts(QUESTIONS, ANSWERS)
+    groups = rollouts_with_advantages(module, QUESTIONS, ANSWERS)
     assert len(groups) == 2
     got = torch.cat([g.advantages for g in groups])
     torch.testing.assert_close(got, grpo_advantages(REWARDS, "batch").reshape(-1))
@@ -220,7 +228,7 @@ def test_grpo_batch_std_covers_every_rank(tiny_model_dir, tmp_path):
     attach(module, world_size=2, global_rank=1)
     scripted_rewards(module, REWARDS[2:])
     module.all_gather = lambda local: torch.stack([REWARDS[:2], local])
-    (group,) = module.generate_rollouts(QUESTIONS[2:], ANSWERS[2:])
+    (group,) = rollouts_with_advantages(module, QUESTIONS[2:], ANSWERS[2:])
     torch.testing.assert_close(group.advantages, grpo_advantages(REWARDS, "batch")[2:].reshape(-1))
 
 

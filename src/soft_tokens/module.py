@@ -59,9 +59,9 @@ class Group:
     """One micro-batch of whole prompt groups: the rollout and its rewards, correctness and advantages."""
 
     rollout: Rollout
-    rewards: Tensor  # [b, G]
-    correct: Tensor  # [b, G] bool
-    advantages: Tensor  # [b * G]
+    rewards: Tensor | None = None  # [b, G], from `score`
+    correct: Tensor | None = None  # [b, G] bool
+    advantages: Tensor | None = None  # [b * G], from `assign_advantages`
 
 
 class NonFiniteLossError(RuntimeError):
@@ -192,27 +192,40 @@ class SoftTokensModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @torch.no_grad()
-    def generate_rollouts(self, questions: list[str], answers: list[str]) -> list[Group]:
-        """Rollouts and rewards per micro-batch of whole prompt groups; advantages over the whole batch."""
+    def generate_rollouts(self, questions: list[str]) -> list[Group]:
+        """G rollouts of each question under the training representer, per micro-batch of whole groups."""
         micro = self.rollout_micro_batch or len(questions)
-        scored = []
+        self.policy.eval()
+        groups = []
         for i in range(0, len(questions), micro):
-            qs, golds = questions[i : i + micro], answers[i : i + micro]
-            prompts = [self.format_prompt(q) for q in qs for _ in range(self.G)]
+            prompts = [self.format_prompt(q) for q in questions[i : i + micro] for _ in range(self.G)]
             with record_function("rollout"):
                 ro = self.engine.generate(
                     self.policy, prompts, self.representer, generator=self.rollout_generator()
                 )
+            groups.append(Group(ro))
+        self.policy.train()
+        return groups
+
+    @torch.no_grad()
+    def score(self, groups: list[Group], answers: list[str]) -> None:
+        """Each group's rewards and correctness [b, G] against the gold answers of its questions."""
+        golds = iter(answers)
+        for grp in groups:
+            b = len(grp.rollout.completions) // self.G
+            mine = [next(golds) for _ in range(b)]
             with record_function("reward"):
                 rewards, correct = self.reward.score_batch(
-                    ro.completions, [a for a in golds for _ in range(self.G)]
+                    grp.rollout.completions, [a for a in mine for _ in range(self.G)]
                 )
-            scored.append(
-                (ro, rewards.to(self.device).view(-1, self.G), correct.to(self.device).view(-1, self.G))
-            )
-        advantages = self.batch_advantages(torch.cat([rewards for _, rewards, _ in scored]))
-        parts = advantages.split([len(rewards) for _, rewards, _ in scored])
-        return [Group(ro, r, c, a.reshape(-1)) for (ro, r, c), a in zip(scored, parts)]
+            grp.rewards = rewards.to(self.device).view(b, self.G)
+            grp.correct = correct.to(self.device).view(b, self.G)
+
+    def assign_advantages(self, groups: list[Group]) -> None:
+        """Each group's advantages [b * G], from the rewards of the whole (global) batch."""
+        advantages = self.batch_advantages(torch.cat([g.rewards for g in groups]))
+        for grp, adv in zip(groups, advantages.split([len(g.rewards) for g in groups])):
+            grp.advantages = adv.reshape(-1)
 
     def batch_advantages(self, rewards: Tensor) -> Tensor:
         """Advantages [B, G] of this rank's rewards, from the estimator run on every rank's rewards at once
@@ -225,11 +238,11 @@ class SoftTokensModule(L.LightningModule):
         return self.estimator.advantages(everyone)[start : start + len(rewards)]
 
     def training_step(self, batch: dict[str, list], batch_idx: int) -> None:
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
-        self.policy.eval()
-        groups = self.generate_rollouts(batch["question"], batch["answer"])
-        self.policy.train()
+        """Rollout -> reward -> advantages -> teacher-forced log-probs -> loss -> backward -> optimizer step."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        groups = self.generate_rollouts(batch["question"])
+        self.score(groups, batch["answer"])
+        self.assign_advantages(groups)
         totals = self.step_totals(groups)
         old_logp: list[Tensor] | None = None
         for it in range(self.estimator.num_iterations):
