@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.profiler import record_function
-from transformers import PreTrainedModel, get_scheduler
+from transformers import PreTrainedModel
 
 from soft_tokens.data.prompts import PromptBuilder
-from soft_tokens.estimators.base import Estimator, StepTotals
+from soft_tokens.estimators.base import Estimator, StepTotals, check_group_size
 from soft_tokens.export import PROBE_QUESTIONS, CardFacts, monitored_score, save_tokenizer, write_model_card
 from soft_tokens.logprobs import rollout_log_probs
 from soft_tokens.lora import (
@@ -33,52 +32,13 @@ from soft_tokens.lora import (
     merged_copy,
 )
 from soft_tokens.models import ModelConfig
+from soft_tokens.non_finite import NonFiniteLossError, non_finite_message
+from soft_tokens.optim import OptimConfig, build_optimizer
 from soft_tokens.representers.base import TokenRepresenter
-from soft_tokens.rollout import Rollout, RolloutConfig, RolloutEngine
+from soft_tokens.rollout import RolloutConfig, RolloutEngine
+from soft_tokens.train_metrics import Group, step_metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OptimConfig:
-    """AdamW (or SGD with momentum) with a warm-up then cosine (or constant) schedule."""
-
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    name: str = "adamw"  # adamw or sgd
-    betas: tuple[float, float] = (0.9, 0.999)  # adamw
-    eps: float = 1e-8  # adamw
-    momentum: float = 0.9  # sgd
-    scheduler: str = "cosine"  # any name transformers.get_scheduler knows (cosine, constant_with_warmup, ...)
-    warmup_steps: int = 10
-    max_grad_norm: float = 1.0
-
-
-@dataclass
-class Group:
-    """One micro-batch of whole prompt groups: the rollout and its rewards, correctness and advantages."""
-
-    rollout: Rollout
-    rewards: Tensor | None = None  # [b, G], from `score`
-    correct: Tensor | None = None  # [b, G] bool
-    advantages: Tensor | None = None  # [b * G], from `assign_advantages`
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised after too many consecutive optimisation steps with a non-finite loss or gradient."""
-
-
-def check_group_size(estimator: Estimator, samples_per_prompt: int, rollout_micro_batch: int | None) -> None:
-    """Raise, naming the option, if G or the micro-batch cannot give the estimator what it needs."""
-    if samples_per_prompt < 1:
-        raise ValueError(f"module.samples_per_prompt={samples_per_prompt} must be >= 1")
-    if estimator.needs_group and samples_per_prompt < 2:
-        raise ValueError(
-            f"module.samples_per_prompt={samples_per_prompt}: {type(estimator).__name__}'s advantages compare "
-            "the samples of each prompt with each other, which needs module.samples_per_prompt >= 2"
-        )
-    if rollout_micro_batch is not None and rollout_micro_batch < 1:
-        raise ValueError(f"module.rollout_micro_batch={rollout_micro_batch} must be >= 1 (or null: no split)")
 
 
 class SoftTokensModule(L.LightningModule):
@@ -177,19 +137,9 @@ class SoftTokensModule(L.LightningModule):
 
     # ----- training -----
     def configure_optimizers(self):
-        cfg = self.optim_cfg
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        if cfg.name == "adamw":
-            opt = torch.optim.AdamW(
-                params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
-            )
-        elif cfg.name == "sgd":
-            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            raise ValueError(f"module.optim.name={cfg.name!r} is not one of adamw, sgd")
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000
-        sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        max_steps = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000
+        return build_optimizer(self.optim_cfg, params, max_steps)
 
     @torch.no_grad()
     def generate_rollouts(self, questions: list[str]) -> list[Group]:
@@ -318,7 +268,7 @@ class SoftTokensModule(L.LightningModule):
                 self.bad_steps,
             )
             if self.bad_steps >= self.max_bad_steps:
-                raise NonFiniteLossError(self._non_finite_message())
+                raise NonFiniteLossError(non_finite_message(self.trainer, self.bad_steps))
         # Every step, so the curve falls back to 0 after a skipped step: skipped steps in a row, up to this one.
         self.log("train/skipped_steps", float(self.bad_steps), on_step=True)
         opt.zero_grad(set_to_none=True)
@@ -326,62 +276,11 @@ class SoftTokensModule(L.LightningModule):
             "train/grad_norm", float(grad_norm) if math.isfinite(float(grad_norm)) else -1.0, on_step=True
         )
 
-    def _non_finite_message(self) -> str:
-        """Why the run stops after `max_bad_steps` non-finite steps, and the checkpoint to resume from, if any."""
-        saved = [
-            path
-            for cb in self.trainer.checkpoint_callbacks
-            for path in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
-            if path and os.path.isfile(path)
-        ]
-        newest = max(saved, key=os.path.getmtime) if saved else None
-        resume = (
-            f"Resume from the newest checkpoint with ckpt_path={newest}"
-            if newest
-            else "No checkpoint was written."
-        )
-        return (
-            f"{self.bad_steps} optimisation steps in a row had a non-finite loss or gradient (last at step "
-            f"{self.global_step}); stopping. Check the rewards and advantages, lower module.optim.lr, or raise "
-            f"module.max_bad_steps. {resume}"
-        )
-
     def _log_step(self, groups: list[Group], metrics: list[dict], loss: Tensor) -> None:
-        rewards = torch.cat([g.rewards for g in groups])
-        advs = torch.cat([g.advantages for g in groups])
-        ros = [g.rollout for g in groups]
-        cot_len = torch.cat([ro.cot_lengths for ro in ros]).float()
-        gen_len = torch.cat([ro.attention_mask[:, ro.prompt_len :].sum(1) for ro in ros]).float()
-        entropy = sum(float((ro.entropy * ro.cot_mask).sum()) for ro in ros) / max(1.0, float(cot_len.sum()))
-        seconds = sum(ro.seconds for ro in ros)
-        values = {
-            "train/reward": rewards.mean(),
-            "train/reward_std": rewards.std(-1).mean() if self.G > 1 else rewards.new_zeros(()),
-            "train/frac_reward_zero_std": (rewards.std(-1) == 0).float().mean(),
-            "train/accuracy": torch.cat([g.correct for g in groups]).float().mean(),
-            "train/completions/mean_length": gen_len.mean(),
-            "train/completions/mean_cot_length": cot_len.mean(),
-            "train/completions/clipped_ratio": torch.cat([ro.clipped for ro in ros]).float().mean(),
-            "train/entropy": entropy,
-            "train/loss": loss,
-            "train/lr": self.lr_schedulers().get_last_lr()[0],
-            "train/rollout_tokens_per_s": sum(ro.num_tokens for ro in ros) / max(seconds, 1e-9),
-            "train/advantages_std": advs.std() if advs.numel() > 1 else advs.new_zeros(()),
-            # Rollouts per optimizer step over all ranks: prompts per rank x G x ranks (micro-batches included).
-            "train/effective_batch": float(rewards.numel() * self.trainer.world_size),
-        }
-        for key in metrics[0]:
-            if key != "advantages_std":
-                values[f"train/{key}"] = torch.stack([m[key] for m in metrics]).mean()
-        values = {
-            k: (
-                v.float().to(self.device)
-                if isinstance(v, Tensor)
-                else torch.tensor(float(v), device=self.device)
-            )
-            for k, v in values.items()
-        }
-        effective = values.pop("train/effective_batch")
+        lr = self.lr_schedulers().get_last_lr()[0]
+        values = step_metrics(groups, metrics, loss, lr, self.trainer.world_size)
+        values = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in values.items()}
+        effective = values.pop("train/effective_batch")  # the same on every rank: not synchronised
         self.log_dict(values, on_step=True, sync_dist=self.trainer.world_size > 1)
         self.log("train/effective_batch", effective, on_step=True)
 

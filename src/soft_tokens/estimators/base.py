@@ -155,3 +155,16 @@ class Estimator:
             f"{type(self).__name__}(loss_type={self.loss_type!r}, beta={self.beta}, epsilon={self.epsilon}, "
             f"epsilon_high={self.epsilon_high}, num_iterations={self.num_iterations})"
         )
+
+
+def check_group_size(estimator: Estimator, samples_per_prompt: int, rollout_micro_batch: int | None) -> None:
+    """Raise, naming the option, if G or the micro-batch cannot give the estimator what it needs."""
+    if samples_per_prompt < 1:
+        raise ValueError(f"module.samples_per_prompt={samples_per_prompt} must be >= 1")
+    if estimator.needs_group and samples_per_prompt < 2:
+        raise ValueError(
+            f"module.samples_per_prompt={samples_per_prompt}: {type(estimator).__name__}'s advantages compare "
+            "the samples of each prompt with each other, which needs module.samples_per_prompt >= 2"
+        )
+    if rollout_micro_batch is not None and rollout_micro_batch < 1:
+        raise ValueError(f"module.rollout_micro_batch={rollout_micro_batch} must be >= 1 (or null: no split)")
