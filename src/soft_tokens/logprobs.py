@@ -94,8 +94,7 @@ def rollout_log_probs(
     `cot_grad_weight` scales the gradient (not the value) of the CoT steps' log-probs. Answer tokens are
     scored at `answer_temperature`, by default the one the rollout sampled them at.
     """
-    if answer_temperature is None:
-        answer_temperature = rollout.answer_temperature
+    T = rollout.answer_temperature if answer_temperature is None else answer_temperature
     mask = rollout.gen_mask
     rows, cols = mask.nonzero(as_tuple=True)
     if len(rows) == 0:
@@ -107,14 +106,10 @@ def rollout_log_probs(
     fed = rollout.fed[rows, cols] if rollout.fed is not None else torch.zeros_like(hid[:, :0])
     lm_head = model.get_output_embeddings()
     E = model.get_input_embeddings().weight
-
-    ref_hid = ref_head = E_ref = None
+    ref_hid = None
     if ref_model is not None:
         with torch.no_grad():
             ref_hid = hidden_states(ref_model, rollout)[rows, cols]
-        ref_head = ref_model.get_output_embeddings()
-        E_ref = ref_model.get_input_embeddings().weight
-
     keys = sorted(rollout.aux)  # the representer's stored per-step extras (e.g. Gumbel-softmax's)
     aux_vals = [rollout.aux[k][rows, cols] for k in keys]
 
@@ -124,15 +119,16 @@ def rollout_log_probs(
         fed_x = x if representer.continuous else None
         aux = dict(zip(keys, rest[: len(keys)])) or None
         ref = rest[len(keys) :]
-        logp = categorical_log_prob(logits, tok, answer_temperature)
+        logp = categorical_log_prob(logits, tok, T)
         if bool(cot.any()):
             logp = torch.where(cot, representer.log_prob(logits, fed_x, tok, E, aux), logp)
         if not ref:
             return logp.unsqueeze(-1)
         with torch.no_grad():
-            ref_logits = ref_head(ref[0])
-        kl = k3_kl(logp, categorical_log_prob(ref_logits, tok, answer_temperature))
+            ref_logits = ref_model.get_output_embeddings()(ref[0])
+        kl = k3_kl(logp, categorical_log_prob(ref_logits, tok, T))
         if bool(cot.any()):
+            E_ref = ref_model.get_input_embeddings().weight
             kl = torch.where(cot, representer.kl(logits, ref_logits, fed_x, tok, E, E_ref, aux), kl)
         return torch.stack([logp, kl], dim=-1)
 
