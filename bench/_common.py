@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -26,7 +28,6 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -111,11 +112,6 @@ def setup(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def build_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """The tiny byte-level BPE tokenizer of soft_tokens.tiny (any tokenizer works with random weights)."""
-    return tiny_tokenizer(vocab_size)
-
-
 def without_eos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """A copy with no EOS token, so the rollout never ends a row early (as generate with eos_token_id=None)."""
     tok = copy.deepcopy(tokenizer)
@@ -129,14 +125,14 @@ def qwen_shaped(layers: int, vocab: int, dtype: torch.dtype, device: torch.devic
     cfg = Qwen2Config(**{**QWEN_0_5B, "num_hidden_layers": layers, "vocab_size": vocab})
     cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = 0, 1, 2
     model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype).eval()
-    return model, build_tokenizer()
+    return model, tiny_tokenizer()  # any tokenizer works with random weights
 
 
 def tiny_llama_pair(
     dtype: torch.dtype, device: torch.device, seed: int = 0, hidden: int = 64, layers: int = 2
 ):
     """The test suite's tiny Llama shape (random weights) with the tiny tokenizer."""
-    tok = build_tokenizer()
+    tok = tiny_tokenizer()
     model = tiny_llama(len(tok), seed=seed, hidden=hidden, layers=layers, max_positions=2048)
     return model.to(device=device, dtype=dtype), tok
 
@@ -211,6 +207,43 @@ def interleaved(
         out[n]["median"] = statistics.median(out[n][clock])
         out[n]["median_wall"] = statistics.median(out[n]["wall"])
     return out
+
+
+def rss_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+class PeakMeter:
+    """Peak memory above what was allocated when it was made: CUDA allocator statistics, or the resident set."""
+
+    def __init__(self, device: torch.device) -> None:
+        gc.collect()
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            self.base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            self.method = "torch.cuda.max_memory_allocated - memory_allocated before"
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.read = lambda: rss_kb("VmHWM") * 1024
+            self.base, self.method = rss_kb("VmRSS") * 1024, "VmHWM (reset) - VmRSS before"
+        except OSError:
+            self.read = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.base, self.method = self.read(), "ru_maxrss - ru_maxrss before (not resettable)"
+
+    def peak_MB(self) -> float:
+        """The peak so far above the start, in MiB."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        return (self.read() - self.base) / 2**20
 
 
 def machine() -> dict[str, Any]:

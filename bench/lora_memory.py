@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, build_tokenizer, machine, results_table, write_results
+from _common import ROOT, machine, results_table, rss_kb, write_results
 
 ARCH = ROOT / "assets" / "architectures" / "llama-3.1-8b-instruct" / "config.json"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -98,13 +98,6 @@ def overrides(args: argparse.Namespace, variant: str, tokenizer_dir: Path) -> li
     return out
 
 
-def rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def tensor_bytes(tensors) -> int:
     seen, total = set(), 0
     for t in tensors:
@@ -123,10 +116,11 @@ def child(args: argparse.Namespace) -> None:
 
     from soft_tokens.builders import build_module
     from soft_tokens.data.lengths import prompt_budget
+    from soft_tokens.tiny import tiny_tokenizer
 
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp())
-    build_tokenizer().save_pretrained(folder / "tokenizer")
+    tiny_tokenizer().save_pretrained(folder / "tokenizer")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides(args, args.child, folder / "tokenizer"))
     cfg.paths.output_dir = str(folder / "run")

@@ -25,6 +25,7 @@ def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_rollout_bench_tiny(tmp_path):
     # Without the static-cache anchor, whose compilation alone takes about a minute per model and length.
     proc = run_bench("rollout.py", "--out", str(tmp_path), "--no-static-anchor")
@@ -43,6 +44,7 @@ def test_rollout_bench_tiny(tmp_path):
     assert res["targets"] and "Targets" in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_step_bench_tiny(tmp_path):
     run_bench("train_step.py", "--representers", "soft", "--out", str(tmp_path))
     res = json.loads((tmp_path / "train_step_tiny.json").read_text())
@@ -85,6 +87,7 @@ def test_sparse_mixture_equals_the_dense_matmul():
     assert z.grad is not None
 
 
+@pytest.mark.slow
 def test_lora_memory_bench_tiny(tmp_path):
     run_bench("lora_memory.py", "--out", str(tmp_path))
     res = json.loads((tmp_path / "lora_memory_tiny.json").read_text())
