@@ -64,7 +64,8 @@ from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.estimators import RLOO
 from soft_tokens.logprobs import rollout_log_probs
 from soft_tokens.models import TORCH_DTYPES, ModelConfig
-from soft_tokens.module import OptimConfig, SoftTokensModule
+from soft_tokens.module import SoftTokensModule
+from soft_tokens.optim import OptimConfig
 from soft_tokens.rollout import Rollout, RolloutConfig
 
 IMPLS = ("ours", "naive")
