@@ -13,6 +13,9 @@ from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning: on cores shared with other work, spinning threads made
+# multi-threaded steps several times slower (docs/benchmarks.md, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hydra
 import torch

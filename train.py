@@ -11,6 +11,9 @@ from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning: on cores shared with other work, spinning threads made
+# multi-threaded steps several times slower (docs/benchmarks.md, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Only light imports here: torch, transformers and Lightning load in train(), after Hydra has composed and
 # checked the config, so --help, --cfg job and config errors answer in about a second.

@@ -59,7 +59,7 @@ def main(overrides: list[str]) -> None:
     out = tempfile.mkdtemp(prefix="profile_")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"paths.output_dir={out}", "export_policy=false"])
-    MathEval.evaluate = labelled(MathEval.evaluate)
+    MathEval.measure = labelled(MathEval.measure)
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_script.train(cfg)

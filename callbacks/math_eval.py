@@ -16,6 +16,7 @@ from soft_tokens.eval.solve import EvalSetting, InferenceSetting, build_setting,
 from soft_tokens.metrics import EntropyProfile, MeanAccuracy, PassAtK
 from soft_tokens.plots import entropy_figure
 from soft_tokens.representers.base import TokenRepresenter
+from soft_tokens.seeding import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class MathEval(PeriodicEval):
         metrics: dict[str, float] = {}
         profiles: dict[str, torch.Tensor] = {}
         for i, ev in enumerate(self._settings(pl_module)):
-            seed = pl_module.seed + 1_000_003 * step + 7919 * trainer.global_rank + 31 * i
+            seed = mix_seed(pl_module.seed, step, trainer.global_rank, i)
             with full_parameters(trainer):  # FSDP: each rank generates alone, with the whole policy
                 res = solve(
                     pl_module.policy,

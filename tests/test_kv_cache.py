@@ -8,7 +8,7 @@ from helpers import PROMPTS
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-import soft_tokens.rollout as rollout_mod
+import soft_tokens.decoding as decoding_mod
 from soft_tokens.kv_cache import PreallocatedLayer, preallocated_cache
 from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
@@ -55,7 +55,9 @@ def test_rollouts_are_the_same_with_either_cache(tiny_model, tiny_tokenizer, mon
     for rep in (HardRepresenter(), SoftRepresenter()):
         a = engine.generate(model, PROMPTS, rep, generator=torch.Generator().manual_seed(0))
         with monkeypatch.context() as m:
-            m.setattr(rollout_mod, "preallocated_cache", lambda config, capacity: DynamicCache(config=config))
+            m.setattr(
+                decoding_mod, "preallocated_cache", lambda config, capacity: DynamicCache(config=config)
+            )
             b = engine.generate(model, PROMPTS, rep, generator=torch.Generator().manual_seed(0))
         assert torch.equal(a.ids, b.ids) and a.completions == b.completions
         torch.testing.assert_close(a.logp, b.logp, rtol=0, atol=1e-6)

@@ -36,6 +36,7 @@ from soft_tokens.non_finite import NonFiniteLossError, non_finite_message
 from soft_tokens.optim import OptimConfig, build_optimizer
 from soft_tokens.representers.base import TokenRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
+from soft_tokens.seeding import mix_seed
 from soft_tokens.train_metrics import Group, step_metrics
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class SoftTokensModule(L.LightningModule):
         """The rollout sampling stream: seeded from (seed, rank), on the policy's device."""
         if self.generator is None or self.generator.device != self.device:
             self.generator = torch.Generator(device=self.device)
-            self.generator.manual_seed(self.seed * 1_000_003 + self.global_rank)
+            self.generator.manual_seed(mix_seed(self.seed, self.global_rank))
         return self.generator
 
     # ----- training -----

@@ -19,6 +19,8 @@ phases.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +43,9 @@ class RolloutConfig:
     early_stop_prefix: str = " \\boxed{"
     limit_prefix: str = " The final answer is: \\boxed{"
     compact_fraction: float = 0.25  # drop done rows once they are this share of the running batch
+    # torch threads while decoding on CPU (null: torch's setting). One per core helps the teacher-forced pass,
+    # but the decode loop's small operations gain little from a second thread and stall when cores are shared.
+    decode_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.max_cot_tokens < 0:
@@ -114,6 +119,20 @@ def check_plain_head(model: PreTrainedModel) -> None:
             )
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside the block (left alone for None)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device
 ) -> tuple[Tensor, Tensor]:
@@ -149,6 +168,11 @@ class RolloutEngine:
         generator: torch.Generator | None = None,
     ) -> Rollout:
         """Roll out one CoT and answer per prompt (repeat prompts for G samples each)."""
+        on_cpu = model.device.type == "cpu"
+        with torch_threads(self.cfg.decode_threads if on_cpu else None):
+            return self._generate(model, prompts, representer, answer_greedy, generator)
+
+    def _generate(self, model, prompts, representer, answer_greedy, generator) -> Rollout:
         start = time.perf_counter()
         check_plain_head(model)
         run = Decoding(self, model, representer, answer_greedy, generator)

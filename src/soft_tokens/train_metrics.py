@@ -44,12 +44,10 @@ def step_metrics(
         "train/loss": loss.detach(),
         "train/lr": lr,
         "train/rollout_tokens_per_s": sum(ro.num_tokens for ro in ros) / max(seconds, 1e-9),
-        # Over the whole step (the estimator's own is per micro-batch).
         "train/advantages_std": advs.std() if advs.numel() > 1 else advs.new_zeros(()),
         # Rollouts per optimizer step over all ranks: prompts per rank x G x ranks (micro-batches included).
         "train/effective_batch": float(rewards.numel() * world_size),
     }
     for key in metrics[0]:
-        if key != "advantages_std":
-            values[f"train/{key}"] = torch.stack([m[key] for m in metrics]).mean()
+        values[f"train/{key}"] = torch.stack([m[key] for m in metrics]).mean()
     return values
