@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 
 from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.estimators.base import Estimator, StepTotals, check_group_size
+from soft_tokens.eval.checkpoints import load_lightning_checkpoint, policy_state_dict
 from soft_tokens.export import PROBE_QUESTIONS, CardFacts, monitored_score, save_tokenizer, write_model_card
 from soft_tokens.logprobs import rollout_log_probs
 from soft_tokens.lora import (
@@ -338,9 +339,8 @@ class SoftTokensModule(L.LightningModule):
 
     def load_policy_from_checkpoint(self, ckpt_path: str) -> None:
         """Load the policy weights (or LoRA adapters) of a Lightning checkpoint file (weights_only) into the policy."""
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        prefix = "policy."
-        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        ckpt = load_lightning_checkpoint(ckpt_path)
+        state = policy_state_dict(ckpt)
         if is_peft(self.policy):
             load_adapter_state(self.policy, state, ckpt_path)
         else:
