@@ -71,3 +71,17 @@ def central_diff(f, x: torch.Tensor, h: float) -> torch.Tensor:
         xm.view(-1)[i] -= h
         flat[i] = (f(xp) - f(xm)) / (2 * h)
     return grad
+
+
+# The two-step run of the multi-process tests (DDP, DeepSpeed): overrides of train.py after the trainer.
+DISTRIBUTED_RUN = [
+    "debug=fast",
+    "module.optim.lr=1e-3",
+    "module.optim.warmup_steps=1",
+    "module.samples_per_prompt=4",
+    "sampling_temperature=1.0",
+    "data.batch_size=4",
+    "trainer.max_steps=2",
+    "logger=csv",
+    "callbacks.rich_progress_bar=null",
+]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DISTRIBUTED_RUN
 from safetensors.torch import load_file
 
 pytest.importorskip("deepspeed")  # the deepspeed extra: pip install -e ".[deepspeed]"
@@ -26,18 +27,7 @@ CPU_DEEPSPEED = [
     "trainer.strategy._target_=tests.deepspeed_cpu.CPUDeepSpeedStrategy",
 ]
 # The DDP test's run; no clipping (max_grad_norm 1e9), which ZeRO skips (see the expected failure below).
-RUN = [
-    "debug=fast",
-    "module.optim.lr=1e-3",
-    "module.optim.warmup_steps=1",
-    "module.optim.max_grad_norm=1e9",
-    "module.samples_per_prompt=4",
-    "sampling_temperature=1.0",
-    "data.batch_size=4",
-    "trainer.max_steps=2",
-    "logger=csv",
-    "callbacks.rich_progress_bar=null",
-]
+RUN = [*DISTRIBUTED_RUN, "module.optim.max_grad_norm=1e9"]
 ZERO_GRADIENTS_NOT_IN_P_GRAD = (
     "module._optimizer_step clips and checks finiteness over p.grad, which ZeRO-2 leaves None (gradients live "
     "in its partitions): no clipping, no non-finite skip, train/grad_norm logged 0"

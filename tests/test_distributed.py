@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DISTRIBUTED_RUN
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,15 +24,7 @@ def test_ddp_cpu_two_ranks_split_prompts_without_duplication(tmp_path):
         sys.executable,
         "train.py",
         "trainer=ddp_cpu",
-        "debug=fast",
-        "module.optim.lr=1e-3",
-        "module.optim.warmup_steps=1",
-        "module.samples_per_prompt=4",
-        "sampling_temperature=1.0",
-        "data.batch_size=4",
-        "trainer.max_steps=2",
-        "logger=csv",
-        "callbacks.rich_progress_bar=null",
+        *DISTRIBUTED_RUN,
         f"hydra.run.dir={run_dir}",
         "+callbacks.probe._target_=tests.ddp_probe.RecordBatches",
         f"+callbacks.probe.path={run_dir}/probe",
