@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,wandb]"
+	$(PIP) -e ".[dev,wandb,deepspeed]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -23,3 +23,23 @@ class RecordBatches(L.Callback):
         row["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         with open(self.path / f"batches.rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class NanLossOnce(L.Callback):
+    """Makes one rank's loss NaN in one training step (a non-finite step that every rank must skip)."""
+
+    def __init__(self, step: int = 0, rank: int = 1) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        estimator = pl_module.estimator
+        estimator.__dict__.pop("loss", None)  # the class's loss again after the poisoned step
+        if trainer.global_step != self.step or trainer.global_rank != self.rank:
+            return
+        original = estimator.loss
+
+        def nan_loss(*args, **kwargs):
+            loss, metrics = original(*args, **kwargs)
+            return loss * float("nan"), metrics
+
+        estimator.loss = nan_loss

@@ -1,9 +1,8 @@
 """The LightningModule: a policy (and, when needed, a frozen reference) trained by RL on its own rollouts.
 
-One training step (docs/method.md, "One training step"): roll out G samples of each of the B prompts
-under the training representer (no gradient, eval mode) -> rewards -> advantages -> for each of `num_iterations`
-passes: teacher-forced log-probs of every micro-batch -> loss -> backward (gradients accumulate over the
-micro-batches) -> clip -> one optimizer step.
+One training step (docs/method.md, "One training step"): G rollouts of each of the B prompts (no gradient, eval
+mode) -> rewards -> advantages -> for each of `num_iterations` passes: teacher-forced log-probs of every
+micro-batch -> loss -> backward (gradients accumulate over the micro-batches) -> clip -> one optimizer step.
 """
 
 from __future__ import annotations
@@ -35,6 +34,13 @@ from soft_tokens.lora import (
 from soft_tokens.models import ModelConfig
 from soft_tokens.non_finite import NonFiniteLossError, non_finite_message
 from soft_tokens.optim import OptimConfig, build_optimizer
+from soft_tokens.optimizer_step import (
+    clip_and_step,
+    configure_zero_clipping,
+    zero_engine,
+    zero_micro_batch,
+    zero_step,
+)
 from soft_tokens.representers.base import TokenRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
 from soft_tokens.seeding import mix_seed
@@ -89,9 +95,7 @@ class SoftTokensModule(L.LightningModule):
         self.tokenizer = model.load_tokenizer()
         self.engine = RolloutEngine(self.tokenizer, rollout)
         self.policy: PreTrainedModel | None = None
-        self._ref: list[
-            PreTrainedModel
-        ] = []  # a list keeps the frozen reference out of state_dict and optimizer
+        self._ref: list[PreTrainedModel] = []  # a list keeps the reference out of state_dict and optimizer
         self.bad_steps = 0
         self.generator: torch.Generator | None = None
         # Plain types only, so checkpoints load with torch.load(weights_only=True).
@@ -103,6 +107,10 @@ class SoftTokensModule(L.LightningModule):
         self.save_hyperparameters(hparams, logger=False)
 
     # ----- models -----
+    def setup(self, stage: str) -> None:
+        """Before the strategy builds its engine: DeepSpeed clips to module.optim.max_grad_norm."""
+        configure_zero_clipping(self.trainer, self.optim_cfg.max_grad_norm)
+
     def configure_model(self) -> None:
         """Load the policy (and the frozen reference when the estimator needs one); Lightning calls this."""
         if self.policy is not None:
@@ -211,6 +219,7 @@ class SoftTokensModule(L.LightningModule):
         """Back-propagate the step's loss one micro-batch at a time: (the step's loss, each micro-batch's
         metrics, each micro-batch's detached log-probs)."""
         loss, metrics, logps = torch.zeros((), device=self.device), [], []
+        engine = zero_engine(self.trainer)
         for k, grp in enumerate(groups):
             with record_function("logprobs"):
                 lp = rollout_log_probs(
@@ -225,7 +234,8 @@ class SoftTokensModule(L.LightningModule):
                 # The step's totals make each part this micro-batch's share: the parts sum to the unsplit loss.
                 part, m = self.estimator.loss(lp.logp, grp.advantages, lp.mask, old, lp.kl, totals)
             with record_function("backward"):
-                self.manual_backward(part)
+                last = k == len(groups) - 1
+                self.manual_backward(part if engine is None else zero_micro_batch(engine, part, last))
             loss = loss + part.detach()
             metrics.append(m)
             logps.append(lp.logp.detach())
@@ -247,17 +257,13 @@ class SoftTokensModule(L.LightningModule):
 
     def _optimizer_step(self, opt, sched, loss: Tensor) -> None:
         """Clip and step, or skip the step when the loss or the gradient is not finite."""
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.max_grad_norm)
-            if params
-            else loss.new_zeros(())
-        )
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
-        if self.trainer.world_size > 1:
-            finite = bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
-        if finite:
-            opt.step()
+        engine = zero_engine(self.trainer)
+        if engine is not None:  # ZeRO clips and skips a step with a non-finite gradient itself
+            applied, grad_norm = zero_step(engine, opt)
+        else:
+            max_norm = self.optim_cfg.max_grad_norm
+            applied, grad_norm = clip_and_step(opt, self.policy.parameters(), max_norm, loss, self.trainer)
+        if applied:
             sched.step()
             self.bad_steps = 0
         else:
@@ -266,7 +272,7 @@ class SoftTokensModule(L.LightningModule):
                 "step %d: non-finite loss (%s) or grad norm (%s); update skipped (%d in a row)",
                 self.global_step,
                 float(loss),
-                float(grad_norm),
+                grad_norm,
                 self.bad_steps,
             )
             if self.bad_steps >= self.max_bad_steps:
@@ -274,9 +280,7 @@ class SoftTokensModule(L.LightningModule):
         # Every step, so the curve falls back to 0 after a skipped step: skipped steps in a row, up to this one.
         self.log("train/skipped_steps", float(self.bad_steps), on_step=True)
         opt.zero_grad(set_to_none=True)
-        self.log(
-            "train/grad_norm", float(grad_norm) if math.isfinite(float(grad_norm)) else -1.0, on_step=True
-        )
+        self.log("train/grad_norm", grad_norm if math.isfinite(grad_norm) else -1.0, on_step=True)
 
     def _log_step(self, groups: list[Group], metrics: list[dict], loss: Tensor) -> None:
         lr = self.lr_schedulers().get_last_lr()[0]
@@ -291,9 +295,7 @@ class SoftTokensModule(L.LightningModule):
         """Also save the rollout random stream and the non-finite streak, so a resumed run continues exactly."""
         checkpoint["rollout_rng"] = self.rollout_generator().get_state()
         checkpoint["bad_steps"] = self.bad_steps
-        if is_peft(
-            self.policy
-        ):  # LoRA: only the adapters; the frozen base weights come from the model config
+        if is_peft(self.policy):  # LoRA: only the adapters; the base weights come from the model config
             keep = adapter_keys(self.policy, "policy.")
             state = checkpoint["state_dict"]
             checkpoint["state_dict"] = {
