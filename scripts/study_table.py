@@ -1,8 +1,8 @@
 """The continuous-token RL study's table and plot: one row per training run, its knobs and its curves.
 
-Reads each run folder's resolved `config.yaml`, the validation lines that `callbacks/math_eval.py` writes
-to `train.log` (`step N | val/accuracy=...`), `summary.json` and the `train/grad_norm` scalars of its
-TensorBoard events; writes a markdown table (stdout or --out) and the validation curves (--plot).
+Reads each run folder's resolved `config.yaml`, the validation lines (`step N | val/accuracy=...`) that
+`callbacks/math_eval.py` writes to the run's log (`<task_name>.log`), `summary.json` and the `train/grad_norm`
+scalars of its TensorBoard events; writes a markdown table (stdout or --out) and the validation curves (--plot).
 
     python scripts/study_table.py outputs/study/*/0 --out outputs/study/runs.md \
         --plot outputs/study/val.png
@@ -64,6 +64,12 @@ def grad_norms(run: Path) -> list[float]:
     return values
 
 
+def run_log(run: Path, cfg) -> Path:
+    """The run's log: <task_name>.log (Hydra's job log, e.g. embedded_soft.log), else train.log."""
+    named = run / f"{OmegaConf.select(cfg, 'task_name', default='train')}.log"
+    return named if named.is_file() else run / "train.log"
+
+
 def run_row(run: Path) -> dict:
     """Knobs, validation curve, grad-norm statistics and wall time of one run folder."""
     cfg = OmegaConf.load(run / "config.yaml")
@@ -71,7 +77,7 @@ def run_row(run: Path) -> dict:
     row["betas"] = "/".join(str(b) for b in row["betas"]) if row["betas"] != "-" else "-"
     if row["representer"] == "hard":
         row.update({"E grad": "-", "gamma": "-"})
-    curve = val_curve(run / "train.log")
+    curve = val_curve(run_log(run, cfg))
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     norms = sorted(grad_norms(run))
     row.update(
