@@ -1,11 +1,11 @@
 """One optimizer step of the module's manual optimisation: clip, skip a non-finite step, step.
 
-Without DeepSpeed: clip `p.grad` to the maximum norm and step only when the loss and the gradient are finite on
-every rank. Under DeepSpeed ZeRO (docs/method.md, "One training step"): ZeRO keeps gradients in its own partitions, not in `p.grad`, and reduces them at every backward pass that it
-takes for an accumulation boundary. So under DeepSpeed the module (1) marks only the step's last backward as
-the boundary, so every micro-batch's gradient is kept, (2) lets the engine clip to `module.optim.max_grad_norm`
-(`gradient_clipping` in DeepSpeed's config) and skip a step whose gradient is not finite, and (3) reads the
-engine's global gradient norm and whether it applied the step.
+Without DeepSpeed: clip `p.grad` to the maximum norm and step only when the loss and the gradient are finite
+on every rank. Under DeepSpeed ZeRO (docs/method.md, "One training step") the gradients live in ZeRO's own
+partitions, not in `p.grad`, and are reduced at every backward pass taken as an accumulation boundary. So
+the module (1) marks only the step's last backward as the boundary, so every micro-batch's gradient is kept,
+(2) lets the engine clip to `module.optim.max_grad_norm` (`gradient_clipping` in DeepSpeed's config) and skip
+a step whose gradient is not finite, and (3) reads the engine's global gradient norm and whether it stepped.
 """
 
 from __future__ import annotations
