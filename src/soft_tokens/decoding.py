@@ -10,6 +10,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from soft_tokens.decode_state import ANSWER, COT, DONE, PREFIX, DecodeState
+from soft_tokens.decode_step import DecodeStep, supports
 from soft_tokens.kv_cache import preallocated_cache
 from soft_tokens.representers.base import TokenRepresenter
 from soft_tokens.representers.sampling import categorical_log_prob, sample_tempered
@@ -39,6 +40,8 @@ class Decoding:
         # The decoder and the head are called apart so the representer can project the hidden states itself
         # (soft tokens make their mixture in the same pass over E); logprobs.py makes the same split.
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
+        direct = self.cfg.direct_decode and supports(self.decoder)
+        self.decode_step = DecodeStep(self.decoder) if direct else None
         self.tab = engine.tables(self.E.shape[0], self.device)
         self.pad, self.eos = engine.tokenizer.pad_token_id, engine.tokenizer.eos_token_id
         self.prefixes, self.prefix_len = self.tab.prefix_table(self.pad, self.device)
@@ -163,14 +166,17 @@ class Decoding:
         enough are done."""
         k = next_emb.shape[1]
         self.attn = torch.cat([self.attn, live.unsqueeze(1).expand(-1, k)], dim=1)
-        out = self.decoder(
-            inputs_embeds=next_emb,
-            attention_mask=self.attn,
-            position_ids=self.pos + torch.arange(k, device=self.device),
-            cache=self.cache,
-            use_cache=True,
-        )
-        hidden = out.last_hidden_state[:, -1]
+        if k == 1 and self.decode_step is not None:
+            hidden = self.decode_step(next_emb, self.attn, self.pos, self.cache)[:, -1]
+        else:
+            out = self.decoder(
+                inputs_embeds=next_emb,
+                attention_mask=self.attn,
+                position_ids=self.pos + torch.arange(k, device=self.device),
+                cache=self.cache,
+                use_cache=True,
+            )
+            hidden = out.last_hidden_state[:, -1]
         self.logits, self.pre = None, None
         if self.st.n_in[COT]:
             self.logits, self.pre = self.representer.project(hidden, self.head, self.E)

@@ -46,6 +46,9 @@ class RolloutConfig:
     # torch threads while decoding on CPU (null: torch's setting). One per core helps the teacher-forced pass,
     # but the decode loop's small operations gain little from a second thread and stall when cores are shared.
     decode_threads: int | None = 1
+    # One-position steps of Llama/Qwen2 decoders call the layers' operations directly (decode_step.py):
+    # bit-identical to the decoder's forward, without its per-call Python work; false: always the forward.
+    direct_decode: bool = True
 
     def __post_init__(self) -> None:
         if self.max_cot_tokens < 0:
