@@ -96,10 +96,11 @@ def test_paper_presets_build_at_reduced_size(name):
 
 
 @pytest.mark.parametrize(
-    "name,rep,cot_weight", [("embedded_soft", "soft", 1.0), ("embedded_fuzzy", "fuzzy", 0.0)]
+    "name,rep,cot_weight,beta", [("embedded_soft", "soft", 1.0, 0.04), ("embedded_fuzzy", "fuzzy", 0.0, 0.0)]
 )
-def test_embedded_study_experiments_compose(name, rep, cot_weight):
+def test_embedded_study_experiments_compose(name, rep, cot_weight, beta):
     cfg = compose_train([f"experiment={name}", "paths.output_dir=/tmp/x"])
     assert cfg.representer.name == rep and cfg.module.freeze_embeddings
     assert cfg.module.samples_per_prompt == 16 and cfg.module.optim.lr == 3e-5
     assert cfg.module.cot_grad_weight == cot_weight and cfg.model.name_or_path.endswith("embedded")
+    assert cfg.estimator._target_.endswith("RLOO") and cfg.estimator.beta == beta
