@@ -3,7 +3,7 @@
 # tokens with the default budget and seed and the two continuous-token experiment presets, evaluates the base
 # model and each run's best policy on the embedded test split under every inference setting of
 # conf/evaluate.yaml (the paper's six and the related methods), and merges them into the train x inference tables.
-#   bash scripts/embedded_report.sh   # 2-core CPU, one thread per run: 6-7 min per default run, 14 min per preset
+#   bash scripts/embedded_report.sh   # 2-core CPU; with torch_threads=1, two at a time: ~6-7 min per default run, 14-17 min per preset
 # Extra arguments go to every train.py call (e.g. trainer.max_steps=50 for a quick look).
 set -euo pipefail
 cd "$(dirname "$0")/.."
