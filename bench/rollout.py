@@ -129,7 +129,7 @@ def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device
     P = ids.shape[1]
     engine_tok = without_eos(tokenizer)
     pad = tokenizer.pad_token_id
-    lengths = (L0, args.long_factor * L0)
+    lengths = tuple(dict.fromkeys((L0, args.long_factor * L0)))  # one length when --long-factor 1
     anchors = ("generate",) if args.no_static_anchor else ("generate", "generate_static")
     variants = (*anchors, *REPRESENTERS, *RELATED)
     fns: dict[str, Any] = {}
@@ -208,7 +208,7 @@ def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device
         v: statistics.median(
             [
                 t4 / t1
-                for t1, t4 in zip(res[f"{v}@{lengths[0]}"][args.clock], res[f"{v}@{lengths[1]}"][args.clock])
+                for t1, t4 in zip(res[f"{v}@{lengths[0]}"][args.clock], res[f"{v}@{lengths[-1]}"][args.clock])
             ]
         )
         for v in variants

@@ -70,20 +70,42 @@ def test_sample_categorical_draws_from_the_weights():
         sample_categorical(torch.tensor([[0.5, float("nan")]]))
 
 
+def dense_mixture(logits, E, tau):
+    return torch.softmax(logits.float() / tau, dim=-1) @ E
+
+
 def test_sparse_mixture_equals_the_dense_matmul():
     g = torch.Generator().manual_seed(0)
-    V = 20_000
+    V, tau = 20_000, 1e-4
     E = torch.randn(V, 8, generator=g)
     logits = 3 * torch.randn(5, V, generator=g)
-    p = torch.softmax(logits / 1e-4, dim=-1)  # fuzzy: one nonzero per row
-    assert torch.equal(_sparse_mixture(p, E), p @ E)
-    p = torch.zeros(4, V)
-    p[:, [3, 70, 9000]] = torch.tensor([0.5, 0.3, 0.2])  # several nonzeros
-    torch.testing.assert_close(_sparse_mixture(p, E), p @ E, rtol=1e-6, atol=1e-6)
-    assert _sparse_mixture(torch.softmax(logits, -1), E) is None  # dense: left to the matmul
+    h, ids = _sparse_mixture(logits, E, tau)  # fuzzy: one nonzero probability per row
+    assert torch.equal(h, dense_mixture(logits, E, tau))
+    assert torch.equal(ids, logits.argmax(-1))
+    # Several nonzero probabilities: equal up to float32 rounding of the normalisation and of a sum of 3 terms.
+    near = torch.full((4, V), -10.0)
+    near[:, [3, 70, 9000]] = torch.tensor([0.0, -0.5 * tau, -1.2 * tau])
+    h, ids = _sparse_mixture(near, E, tau)
+    ulps = 8 * 2.0**-24
+    torch.testing.assert_close(h, dense_mixture(near, E, tau), rtol=ulps, atol=ulps * float(E.abs().max()))
+    assert (ids == 3).all()
+    # A token 100 tau below the max has a subnormal probability, exp(-100) = 3.7e-44: still counted (a row of
+    # E at 1e38 makes it visible); one 300 tau below has probability exactly 0 and is left out.
+    big = E.clone()
+    big[[70, 9000]] = 1e38
+    edge = torch.full((1, V), -10.0)
+    edge[0, [3, 70, 9000]] = torch.tensor([0.0, -100 * tau, -300 * tau])
+    h, _ = _sparse_mixture(edge, big, tau)
+    torch.testing.assert_close(h, dense_mixture(edge, big, tau), rtol=ulps, atol=0.0)
+    assert (h - E[3]).abs().max() > 1e-6
+    assert _sparse_mixture(logits, E, 1.0) is None  # dense: left to the matmul
+    assert _sparse_mixture(logits[:, :4096], E[:4096], tau) is None  # small vocabulary: the matmul is cheaper
+    bad = logits.clone()
+    bad[1, 5] = float("nan")
+    assert _sparse_mixture(bad, E, tau) is None  # non-finite logits: the dense path propagates them
     # With gradients on, the mixture stays the dense matmul (differentiable in logits and E).
     z = logits.clone().requires_grad_()
-    SoftRepresenter(temperature=1e-4).mixture(z, E).sum().backward()
+    SoftRepresenter(temperature=tau).mixture(z, E).sum().backward()
     assert z.grad is not None
 
 

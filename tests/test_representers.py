@@ -129,6 +129,31 @@ def test_sigma_is_gamma_times_rms_and_cached_until_embedding_changes(monkeypatch
     assert rep.sigma(E2).item() == pytest.approx(5.0, rel=1e-6)
 
 
+def test_prepare_forgets_sigma_of_a_trainable_embedding_only(monkeypatch):
+    calls = []
+    real_rms = soft_mod.embedding_rms
+    monkeypatch.setattr(soft_mod, "embedding_rms", lambda e: calls.append(1) or real_rms(e))
+    rep = SoftRepresenter(gamma=1.0)
+    p = torch.nn.Parameter(torch.ones(3, 2))
+    rep.prepare(p)
+    rep.as_greedy().step(torch.zeros(2, 3), p)
+    assert calls == []  # a greedy rollout never needs sigma
+    assert rep.sigma(p).item() == pytest.approx(1.0, rel=1e-6)
+    p.grad = torch.full_like(p, -1.0)
+    opt = torch.optim.AdamW([p], lr=1.0, weight_decay=0.0, fused=True)
+    version = p._version
+    opt.step()  # E is now ~2, and its version counter did not move
+    assert p._version == version and rep.sigma(p).item() == pytest.approx(1.0, rel=1e-6)
+    rep.prepare(p)  # the next rollout
+    assert rep.sigma(p).item() == pytest.approx(float(p.detach().pow(2).mean().sqrt()), rel=1e-6)
+    assert len(calls) == 2
+    frozen = torch.ones(3, 2)
+    rep.sigma(frozen)
+    rep.prepare(frozen)
+    rep.sigma(frozen)
+    assert len(calls) == 3  # a frozen E keeps its sigma across rollouts
+
+
 def test_sigma_scales_the_noise():
     logits, E = make(n=20000, v=4, d=3)
     rep = SoftRepresenter(temperature=0.5, gamma=0.33)

@@ -28,26 +28,62 @@ def embedding_rms(embedding: Tensor, block: int = 1 << 22) -> Tensor:
     return (total / max(flat.numel(), 1)).sqrt().float()
 
 
+# exp(x) is exactly 0 in float32 for x < -103.98 (below the smallest subnormal); twice that as a margin.
+UNDERFLOW_SPAN = 2 * 104.0
+
+
 def _sparse_mixture(
-    probs: Tensor, embedding: Tensor, max_density: float = 1 / 64, min_vocab: int = 8192
-) -> Tensor | None:
-    """probs @ E summed over the nonzero probabilities only, or None when more than `max_density` of them
-    are nonzero or the vocabulary is under `min_vocab` (then the dense matmul is cheaper).
+    logits: Tensor, embedding: Tensor, temperature: float, max_density: float = 1 / 64, min_vocab: int = 8192
+) -> tuple[Tensor, Tensor] | None:
+    """(softmax(logits / tau) @ E, argmax ids) from the few tokens whose probability is not exactly zero, or
+    None when more than `max_density` of them may be nonzero, the vocabulary is under `min_vocab` (then the
+    dense matmul is cheaper) or a row's logits are not finite (the dense path propagates them).
 
     At a small temperature (fuzzy tokens, tau = 1e-4) the float32 softmax is exactly zero outside one or a
-    few tokens, and the dense [N, V] x [V, d] matmul reads all of E to add zeros: this reads a few rows of it.
-    The terms that are dropped are exact zeros, so the sum is the same (to the rounding of the summation
-    order when several probabilities are nonzero; bit for bit when one is). Used without gradients (decoding).
+    few tokens: exp(z - max z) underflows once a logit is more than 104 * tau below the row's max. The
+    candidates, the logits within UNDERFLOW_SPAN * tau of it, are found in one pass with the max; only their
+    softmax is computed, so no [N, V] softmax is ever made, and the dense [N, V] x [V, d] matmul, which reads
+    all of E to add zeros, becomes a sum over a few rows of E. The terms dropped are exact zeros: the result
+    is the dense one bit for bit when one probability is nonzero, else to the rounding of the summation order.
+    Used without gradients (decoding).
     """
-    flat = probs.reshape(-1, probs.shape[-1])
-    if flat.shape[-1] < min_vocab or int(torch.count_nonzero(flat)) > max_density * flat.numel():
+    vocab = logits.shape[-1]
+    if vocab < min_vocab:
         return None
-    rows, cols = flat.nonzero(as_tuple=True)
+    flat = logits.reshape(-1, vocab)
+    top, ids = flat.max(-1, keepdim=True)
+    if not bool(torch.isfinite(top).all()):
+        return None
+    near = flat >= top - UNDERFLOW_SPAN * temperature
+    if int(torch.count_nonzero(near)) > max_density * near.numel():
+        return None
+    rows, cols = near.nonzero(as_tuple=True)
+    # As torch.softmax of z = logits / tau does: z in float32, exp(z - max z), normalised by the row's sum.
+    z = flat[rows, cols].float() / temperature
+    e = torch.exp(z - (top.float() / temperature).squeeze(-1)[rows])
+    total = torch.zeros(flat.shape[0], device=flat.device).index_add_(0, rows, e)
+    probs = e / total[rows]
     # As the matmul does: probabilities rounded to E's dtype, products summed in float32, result in E's dtype.
-    terms = flat[rows, cols].to(embedding.dtype).float().unsqueeze(-1) * embedding[cols].float()
+    terms = probs.to(embedding.dtype).float().unsqueeze(-1) * embedding[cols].float()
     out = torch.zeros((flat.shape[0], embedding.shape[-1]), dtype=torch.float32, device=embedding.device)
     out = out.index_add_(0, rows, terms).to(embedding.dtype)
-    return out.reshape(*probs.shape[:-1], embedding.shape[-1])
+    return out.reshape(*logits.shape[:-1], embedding.shape[-1]), ids.reshape(logits.shape[:-1])
+
+
+def _needs_grad(logits: Tensor, embedding: Tensor) -> bool:
+    """Whether a mixture of these logits and E is part of an autograd graph (else the sparse sum may serve)."""
+    return torch.is_grad_enabled() and (logits.requires_grad or embedding.requires_grad)
+
+
+def mixture_and_ids(logits: Tensor, embedding: Tensor, temperature: float) -> tuple[Tensor, Tensor | None]:
+    """(softmax(logits / tau) @ E, the argmax ids or None): one matmul in E's dtype with the softmax in float32,
+    or without gradients, when nearly all probabilities are exactly zero (fuzzy's tau), `_sparse_mixture`."""
+    if not _needs_grad(logits, embedding):
+        sparse = _sparse_mixture(logits, embedding, temperature)
+        if sparse is not None:
+            return sparse
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return probs.to(embedding.dtype) @ embedding, None
 
 
 def logits_and_mixture(
@@ -114,9 +150,11 @@ class SoftRepresenter(TokenRepresenter):
         return self._sigma
 
     def prepare(self, embedding: Tensor) -> None:
-        """Recompute sigma at every rollout, even if an optimizer changed E without bumping its version."""
-        self._sigma_key = None
-        self.sigma(embedding)
+        """Start of a rollout: forget sigma if E may be under training (it requires grad), since an optimizer
+        can update E without bumping its version counter (fused AdamW does, as do writes through `.data`).
+        A frozen E keeps its sigma; sigma is computed on first use, so a greedy rollout never pays for it."""
+        if embedding.requires_grad:
+            self._sigma_key = None
 
     def project(
         self, hidden: Tensor, head: torch.nn.Module, embedding: Tensor
@@ -148,14 +186,8 @@ class SoftRepresenter(TokenRepresenter):
         return embedding if self.embedding_grad else embedding.detach()
 
     def mixture(self, logits: Tensor, embedding: Tensor) -> Tensor:
-        """h = softmax(logits / tau) @ E: one matmul in E's dtype, softmax in float32 (without gradients, a sum
-        over the rows of E whose probability is nonzero when nearly all are exactly zero, as at fuzzy's tau)."""
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
-        if not (torch.is_grad_enabled() and (logits.requires_grad or embedding.requires_grad)):
-            sparse = _sparse_mixture(probs, embedding)
-            if sparse is not None:
-                return sparse
-        return probs.to(embedding.dtype) @ embedding
+        """h = softmax(logits / tau) @ E (`mixture_and_ids`)."""
+        return mixture_and_ids(logits, embedding, self.temperature)[0]
 
     def step(
         self,
@@ -165,8 +197,14 @@ class SoftRepresenter(TokenRepresenter):
         pre: Tensor | None = None,
     ) -> Step:
         """The mixture (`pre`, when `project` made it with the logits) plus noise, and its log-density."""
-        h = self.mixture(logits, embedding) if pre is None else pre
-        ids = logits.argmax(-1)
+        ids = None
+        if pre is not None:
+            h = pre
+        elif type(self).mixture is SoftRepresenter.mixture:
+            h, ids = mixture_and_ids(logits, embedding, self.temperature)
+        else:
+            h = self.mixture(logits, embedding)
+        ids = logits.argmax(-1) if ids is None else ids
         d = h.shape[-1]
         if self.greedy or self.gamma == 0:
             return Step(embeds=h, ids=ids, logp=torch.zeros(h.shape[:-1], device=h.device))
