@@ -103,10 +103,23 @@ def test_sparse_mixture_equals_the_dense_matmul():
     bad = logits.clone()
     bad[1, 5] = float("nan")
     assert _sparse_mixture(bad, E, tau) is None  # non-finite logits: the dense path propagates them
-    # With gradients on, the mixture stays the dense matmul (differentiable in logits and E).
+    # Gradients: the dense ones, in the logits and in E (the teacher-forced pass and the KL use them).
+    upstream = torch.randn(4, 8, generator=g)
+    grads = []
+    for mix in (lambda z, e: _sparse_mixture(z, e, tau)[0], lambda z, e: dense_mixture(z, e, tau)):
+        z, e = near.clone().requires_grad_(), E.clone().requires_grad_()
+        (mix(z, e) * upstream).sum().backward()
+        grads.append((z.grad, e.grad))
+    (sz, se), (dz, de) = grads
+    assert torch.equal(sz != 0, dz != 0) and int((dz != 0).sum()) == 4 * 4  # the 4 tokens of each row
+    # dh/dz_j = p_j (E_j - h) / tau: rounding of h and of the sums, amplified by 1 / tau.
+    scale = float(E.abs().max() * upstream.abs().max()) * 8 / tau
+    torch.testing.assert_close(sz, dz, rtol=ulps, atol=ulps * scale)
+    torch.testing.assert_close(se, de, rtol=ulps, atol=ulps * float(upstream.abs().max()))
+    rep = SoftRepresenter(temperature=tau)
     z = logits.clone().requires_grad_()
-    SoftRepresenter(temperature=tau).mixture(z, E).sum().backward()
-    assert z.grad is not None
+    rep.mixture(z, E).sum().backward()  # one nonzero per row: a gradient of exactly zero, as the dense one
+    assert torch.equal(z.grad, torch.zeros_like(z))
 
 
 @pytest.mark.slow

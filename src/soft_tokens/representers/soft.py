@@ -45,20 +45,22 @@ def _sparse_mixture(
     softmax is computed, so no [N, V] softmax is ever made, and the dense [N, V] x [V, d] matmul, which reads
     all of E to add zeros, becomes a sum over a few rows of E. The terms dropped are exact zeros: the result
     is the dense one bit for bit when one probability is nonzero, else to the rounding of the summation order.
-    Used without gradients (decoding).
+    Differentiable in the logits and E: a token of probability exactly zero has derivative exactly zero in
+    the dense softmax too (dh/dz_j = p_j (E_j - h) / tau), so the gradients are the dense ones as well.
     """
     vocab = logits.shape[-1]
     if vocab < min_vocab:
         return None
     flat = logits.reshape(-1, vocab)
-    top, ids = flat.max(-1, keepdim=True)
+    top, ids = flat.detach().max(-1, keepdim=True)
     if not bool(torch.isfinite(top).all()):
         return None
-    near = flat >= top - UNDERFLOW_SPAN * temperature
+    near = flat.detach() >= top - UNDERFLOW_SPAN * temperature
     if int(torch.count_nonzero(near)) > max_density * near.numel():
         return None
     rows, cols = near.nonzero(as_tuple=True)
-    # As torch.softmax of z = logits / tau does: z in float32, exp(z - max z), normalised by the row's sum.
+    # As torch.softmax of z = logits / tau does: z in float32, exp(z - max z) (the max held constant, as its
+    # backward does), normalised by the row's sum.
     z = flat[rows, cols].float() / temperature
     e = torch.exp(z - (top.float() / temperature).squeeze(-1)[rows])
     total = torch.zeros(flat.shape[0], device=flat.device).index_add_(0, rows, e)
@@ -70,18 +72,12 @@ def _sparse_mixture(
     return out.reshape(*logits.shape[:-1], embedding.shape[-1]), ids.reshape(logits.shape[:-1])
 
 
-def _needs_grad(logits: Tensor, embedding: Tensor) -> bool:
-    """Whether a mixture of these logits and E is part of an autograd graph (else the sparse sum may serve)."""
-    return torch.is_grad_enabled() and (logits.requires_grad or embedding.requires_grad)
-
-
 def mixture_and_ids(logits: Tensor, embedding: Tensor, temperature: float) -> tuple[Tensor, Tensor | None]:
     """(softmax(logits / tau) @ E, the argmax ids or None): one matmul in E's dtype with the softmax in float32,
-    or without gradients, when nearly all probabilities are exactly zero (fuzzy's tau), `_sparse_mixture`."""
-    if not _needs_grad(logits, embedding):
-        sparse = _sparse_mixture(logits, embedding, temperature)
-        if sparse is not None:
-            return sparse
+    or, when nearly all probabilities are exactly zero (fuzzy's tau), the sum over the others (`_sparse_mixture`)."""
+    sparse = _sparse_mixture(logits, embedding, temperature)
+    if sparse is not None:
+        return sparse
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     return probs.to(embedding.dtype) @ embedding, None
 
@@ -200,7 +196,7 @@ class SoftRepresenter(TokenRepresenter):
         ids = None
         if pre is not None:
             h = pre
-        elif type(self).mixture is SoftRepresenter.mixture:
+        elif type(self).mixture is SoftRepresenter.mixture:  # a subclass's own mixture is used as it is
             h, ids = mixture_and_ids(logits, embedding, self.temperature)
         else:
             h = self.mixture(logits, embedding)
