@@ -53,10 +53,9 @@ def _sparse_mixture(
         return None
     flat = logits.reshape(-1, vocab)
     top, ids = flat.detach().max(-1, keepdim=True)
-    if not bool(torch.isfinite(top).all()):
-        return None
     near = flat.detach() >= top - UNDERFLOW_SPAN * temperature
-    if int(torch.count_nonzero(near)) > max_density * near.numel():
+    finite, count = torch.stack([torch.isfinite(top).all(), torch.count_nonzero(near)]).tolist()  # one sync
+    if not finite or count > max_density * near.numel():
         return None
     rows, cols = near.nonzero(as_tuple=True)
     # As torch.softmax of z = logits / tau does: z in float32, exp(z - max z) (the max held constant, as its
