@@ -139,13 +139,10 @@ def test_prepare_forgets_sigma_of_a_trainable_embedding_only(monkeypatch):
     rep.as_greedy().step(torch.zeros(2, 3), p)
     assert calls == []  # a greedy rollout never needs sigma
     assert rep.sigma(p).item() == pytest.approx(1.0, rel=1e-6)
-    p.grad = torch.full_like(p, -1.0)
-    opt = torch.optim.AdamW([p], lr=1.0, weight_decay=0.0, fused=True)
-    version = p._version
-    opt.step()  # E is now ~2, and its version counter did not move
-    assert p._version == version and rep.sigma(p).item() == pytest.approx(1.0, rel=1e-6)
+    p.data.mul_(2)  # an update that leaves the version counter alone (as fused AdamW's step does too)
+    assert rep.sigma(p).item() == pytest.approx(1.0, rel=1e-6)  # the cache cannot see it
     rep.prepare(p)  # the next rollout
-    assert rep.sigma(p).item() == pytest.approx(float(p.detach().pow(2).mean().sqrt()), rel=1e-6)
+    assert rep.sigma(p).item() == pytest.approx(2.0, rel=1e-6)
     assert len(calls) == 2
     frozen = torch.ones(3, 2)
     rep.sigma(frozen)

@@ -166,7 +166,7 @@ class SoftRepresenter(TokenRepresenter):
             hidden.device.type == "cpu"
             and embedding.numel() * embedding.element_size() >= self.fuse_min_bytes
             and self.temperature > 1e-3
-            and type(self).mixture is SoftRepresenter.mixture
+            and self._own_mixture
             and getattr(head, "bias", None) is None
             and weight is not None
             and weight.shape == embedding.shape
@@ -175,6 +175,11 @@ class SoftRepresenter(TokenRepresenter):
         if not fuse:
             return super().project(hidden, head, embedding)
         return logits_and_mixture(hidden, embedding, self.temperature)
+
+    @property
+    def _own_mixture(self) -> bool:
+        """Whether `mixture` is this class's (a subclass that redefines it must have its own used)."""
+        return type(self).mixture is SoftRepresenter.mixture
 
     def _grad_embedding(self, embedding: Tensor) -> Tensor:
         """E as the differentiable log-density and KL see it: detached when `embedding_grad` is off."""
@@ -192,13 +197,10 @@ class SoftRepresenter(TokenRepresenter):
         pre: Tensor | None = None,
     ) -> Step:
         """The mixture (`pre`, when `project` made it with the logits) plus noise, and its log-density."""
-        ids = None
-        if pre is not None:
-            h = pre
-        elif type(self).mixture is SoftRepresenter.mixture:  # a subclass's own mixture is used as it is
+        if pre is None and self._own_mixture:
             h, ids = mixture_and_ids(logits, embedding, self.temperature)
-        else:
-            h = self.mixture(logits, embedding)
+        else:  # the mixture `project` made, or a subclass's own
+            h, ids = (self.mixture(logits, embedding) if pre is None else pre), None
         ids = logits.argmax(-1) if ids is None else ids
         d = h.shape[-1]
         if self.greedy or self.gamma == 0:
