@@ -65,12 +65,12 @@ PROMPTS = [  # short prompts first: the training-step benchmark takes the first 
 # The paper's three CoT representations at their default temperatures and noise.
 REPRESENTERS = {
     "hard": lambda: HardRepresenter(temperature=1.0),
-    "soft": lambda: SoftRepresenter(temperature=0.5, gamma=0.33),
-    "fuzzy": lambda: SoftRepresenter(temperature=1e-4, gamma=0.33, name="fuzzy"),
+    "soft": lambda: SoftRepresenter(tau=0.5, gamma=0.33),
+    "fuzzy": lambda: SoftRepresenter(tau=1e-4, gamma=0.33, name="fuzzy"),
 }
 
 # Other continuous-token methods, timed in the rollout benchmark beside them (no target applies to them).
-RELATED = {"gumbel": lambda: GumbelSoftmaxRepresenter(temperature=0.1, top_k=10)}
+RELATED = {"gumbel": lambda: GumbelSoftmaxRepresenter(tau=0.1, top_k=10)}
 
 # Ends with ':' like the real stop string, so stop detection does its usual work, but a NUL never appears.
 NEVER_STOP = "\x00 The final answer is:"

@@ -34,7 +34,7 @@ KNOBS = {  # column -> key in the resolved config
     "E grad": "representer.embedding_grad",
     "CoT grad w": "module.cot_grad_weight",
     "gamma": "representer.gamma",
-    "tau": "representer.temperature",
+    "tau": "representer.tau",
     "beta": "estimator.beta",
     "seed": "seed",
 }
@@ -75,6 +75,9 @@ def run_row(run: Path) -> dict:
     cfg = OmegaConf.load(run / "config.yaml")
     row = {k: OmegaConf.select(cfg, key, default="-") for k, key in KNOBS.items()}
     row["betas"] = "/".join(str(b) for b in row["betas"]) if row["betas"] != "-" else "-"
+    old_name = OmegaConf.select(cfg, "representer.temperature", default=None)
+    if old_name is not None:  # runs from before the rename (and hard runs) keep it under `temperature`
+        row["tau"] = old_name
     if row["representer"] == "hard":
         row.update({"E grad": "-", "gamma": "-"})
     curve = val_curve(run_log(run, cfg))

@@ -80,8 +80,8 @@ def soft_tolerance(
     the d-term sums' rounding of values the size of the log-density's two parts.
     """
     sigma = rep.sigma(embedding).double()
-    h = torch.softmax(logits.double() / rep.temperature, -1) @ embedding.detach().double()
-    dh = mixture_tolerance(rep.temperature, logits, dz_range, embedding) + U * fed.double().norm(dim=-1)
+    h = torch.softmax(logits.double() / rep.tau, -1) @ embedding.detach().double()
+    dh = mixture_tolerance(rep.tau, logits, dz_range, embedding) + U * fed.double().norm(dim=-1)
     dist = (fed.double() - h).norm(dim=-1)
     rounding = 4 * (embedding.shape[-1] + 4) * U * (dist**2 / sigma**2 + logp.double().abs())
     return ((dist * dh + dh**2 / 2) / sigma**2 + rounding).float()

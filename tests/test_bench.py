@@ -116,7 +116,7 @@ def test_sparse_mixture_equals_the_dense_matmul():
     scale = float(E.abs().max() * upstream.abs().max()) * 8 / tau
     torch.testing.assert_close(sz, dz, rtol=ulps, atol=ulps * scale)
     torch.testing.assert_close(se, de, rtol=ulps, atol=ulps * float(upstream.abs().max()))
-    rep = SoftRepresenter(temperature=tau)
+    rep = SoftRepresenter(tau=tau)
     z = logits.clone().requires_grad_()
     rep.mixture(z, E).sum().backward()  # one nonzero per row: a gradient of exactly zero, as the dense one
     assert torch.equal(z.grad, torch.zeros_like(z))

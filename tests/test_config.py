@@ -55,7 +55,7 @@ def test_estimators_instantiate(choice):
 def test_fuzzy_is_soft_at_tiny_temperature():
     soft = instantiate(compose_train(["representer=soft"]).representer)
     fuzzy = instantiate(compose_train(["representer=fuzzy"]).representer)
-    assert type(soft) is type(fuzzy) and (soft.temperature, fuzzy.temperature) == (0.5, 1e-4)
+    assert type(soft) is type(fuzzy) and (soft.tau, fuzzy.tau) == (0.5, 1e-4)
     assert soft.gamma == fuzzy.gamma == 0.33
 
 

@@ -70,7 +70,7 @@ def test_hidden_states_equal_the_decoders_forward_bit_for_bit(model, padded):
 def test_rollouts_are_identical_with_and_without_the_direct_step(model, tiny_tokenizer, monkeypatch):
     prompts, calls, call = PROMPTS * 2, [], DecodeStep.__call__
     monkeypatch.setattr(DecodeStep, "__call__", lambda self, *a: calls.append(1) or call(self, *a))
-    reps = [HardRepresenter(), SoftRepresenter(), SoftRepresenter(name="fuzzy", temperature=1e-4)]
+    reps = [HardRepresenter(), SoftRepresenter(), SoftRepresenter(name="fuzzy", tau=1e-4)]
     for rep in (*reps, SoftRepresenter().as_greedy(), SoftThinkingRepresenter()):
         out = []
         for direct in (True, False):

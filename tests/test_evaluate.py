@@ -58,10 +58,10 @@ def test_config_has_the_paper_settings_and_the_related_methods():
     assert list(cfg.settings) == SETTINGS
     reps = {k: v.representer for k, v in cfg.settings.items()}
     assert reps["hard_greedy"].greedy and not reps["hard_sample"].greedy
-    assert reps["soft_sample"].temperature == 0.5 and reps["fuzzy_sample"].temperature == 1e-4
+    assert reps["soft_sample"].tau == 0.5 and reps["fuzzy_sample"].tau == 1e-4
     assert reps["soft_sample"].gamma == 0.33 and cfg.settings.soft_greedy.num_samples == 1
     assert cfg.settings.fuzzy_sample.num_samples == cfg.num_samples
-    assert (reps["gumbel_sample"].temperature, reps["gumbel_sample"].top_k) == (0.1, 10)
+    assert (reps["gumbel_sample"].tau, reps["gumbel_sample"].top_k) == (0.1, 10)
     assert reps["gumbel_greedy"].greedy and reps["soft_thinking_greedy"].top_k == 10
     assert reps["moi_sample"].beta == 1.0 and not reps["moi_sample"].greedy and reps["moi_greedy"].greedy
     assert cfg.prompt.template == "compact" and cfg.split == "test"

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 import soft_tokens.representers
 import train as train_script
+from soft_tokens.representers import Replay
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -56,7 +57,7 @@ def test_package_recipe_builds_decodes_and_scores(tmp_path, monkeypatch):
     logits = torch.randn(3, 40, generator=g)
     rep.prepare(embedding)
     step = rep.step(logits, embedding, g)
-    replayed = rep.log_prob(logits, step.embeds, step.ids, embedding)
+    replayed = rep.log_prob(Replay(logits, step.embeds, step.ids, embedding))
     # ~d/2 log(2 pi sigma^2) + |eps|^2 / 2: values of order 10 in float32
     torch.testing.assert_close(replayed, step.logp, rtol=1e-5, atol=1e-4)
     # only the k most likely rows enter the mixture: changing another row of E leaves it unchanged

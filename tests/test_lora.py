@@ -61,7 +61,7 @@ def test_soft_rollout_and_log_probs_through_the_peft_wrapper(tiny_tokenizer):
     """A soft rollout of the LoRA policy replays to its decode-time log-probs; so does the merged model."""
     model = lora_policy(tiny_tokenizer)
     engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=6, answer_max_tokens=4))
-    rep = SoftRepresenter(temperature=0.5, gamma=0.33)
+    rep = SoftRepresenter(tau=0.5, gamma=0.33)
     ro = engine.generate(model, PROMPTS, rep, generator=torch.Generator().manual_seed(0))
     assert ro.fed is not None and ro.cot_mask.any()
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_reference_is_the_policy_with_adapters_disabled(tiny_tokenizer):
     model = lora_policy(tiny_tokenizer)
     base = tiny.tiny_llama(len(tiny_tokenizer))  # the same weights as the LoRA model's base, separately
     engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=6, answer_max_tokens=4))
-    for rep in (SoftRepresenter(temperature=0.5, gamma=0.33), HardRepresenter()):
+    for rep in (SoftRepresenter(tau=0.5, gamma=0.33), HardRepresenter()):
         ro = engine.generate(model, PROMPTS, rep, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             got = rollout_log_probs(model, ro, rep, ref_model=AdapterDisabled(model))

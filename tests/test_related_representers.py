@@ -15,6 +15,7 @@ from soft_tokens.representers import (
     GumbelSoftmaxRepresenter,
     HardRepresenter,
     MixtureOfInputsRepresenter,
+    Replay,
     SoftThinkingRepresenter,
 )
 from soft_tokens.representers.sampling import entropy_of
@@ -34,21 +35,21 @@ def reference_q(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def test_gumbel_log_prob_is_the_gumbel_density_of_the_perturbed_logits():
     logits, E = make(v=12)
-    rep = GumbelSoftmaxRepresenter(temperature=0.3, top_k=4)
+    rep = GumbelSoftmaxRepresenter(tau=0.3, top_k=4)
     step = rep.step(logits, E, gen(1))
     top, z = step.aux["topk_ids"], step.aux["perturbed"]
     assert top.shape == z.shape == (4, 4)
     # the top-k ids are the 4 most likely tokens
     assert torch.equal(top.sort(-1).values, logits.topk(4, dim=-1).indices.sort(-1).values)
     expected = Gumbel(reference_q(logits, top), torch.ones(())).log_prob(z).sum(-1)
-    got = rep.log_prob(logits, step.embeds, step.ids, E, step.aux)
+    got = rep.log_prob(Replay(logits, step.embeds, step.ids, E, step.aux))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(step.logp, got, rtol=0, atol=1e-5)  # decode time = teacher-forced
 
 
 def test_gumbel_feeds_the_gumbel_softmax_mixture_and_the_gumbel_max_token():
     logits, E = make(v=12)
-    rep = GumbelSoftmaxRepresenter(temperature=0.3, top_k=4)
+    rep = GumbelSoftmaxRepresenter(tau=0.3, top_k=4)
     step = rep.step(logits, E, gen(2))
     top, z = step.aux["topk_ids"], step.aux["perturbed"]
     expected = torch.einsum("nk,nkd->nd", torch.softmax(z / 0.3, dim=-1), E[top])
@@ -68,12 +69,12 @@ def test_gumbel_max_tokens_follow_the_renormalised_top_k_distribution():
 
 def test_gumbel_log_prob_gradient_matches_finite_differences():
     logits, E = make(seed=3, n=3, v=9)
-    rep = GumbelSoftmaxRepresenter(temperature=0.5, top_k=5)
+    rep = GumbelSoftmaxRepresenter(tau=0.5, top_k=5)
     step = rep.step(logits, E, gen(4))
     weights = torch.tensor([1.0, -0.5, 2.0])
 
     def f(z):
-        return (rep.log_prob(z, step.embeds, step.ids, E, step.aux) * weights).sum()
+        return (rep.log_prob(Replay(z, step.embeds, step.ids, E, step.aux)) * weights).sum()
 
     z = logits.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(f(z), z)
@@ -89,14 +90,15 @@ def test_gumbel_kl_is_zero_at_the_reference_and_positive_elsewhere():
     logits, E = make(v=10)
     rep = GumbelSoftmaxRepresenter(top_k=4)
     step = rep.step(logits, E, gen(5))
-    args = (step.embeds, step.ids, E, E, step.aux)
-    torch.testing.assert_close(rep.kl(logits, logits, *args), torch.zeros(4), rtol=0, atol=1e-6)
-    assert (rep.kl(logits, logits + torch.randn(logits.shape, generator=gen(6)), *args) > 0).all()
+    replay = Replay(logits, step.embeds, step.ids, E, step.aux)
+    same = rep.kl(replay, replay.under(logits, E))
+    torch.testing.assert_close(same, torch.zeros(4), rtol=0, atol=1e-6)
+    assert (rep.kl(replay, replay.under(logits + torch.randn(logits.shape, generator=gen(6)), E)) > 0).all()
 
 
 def test_gumbel_greedy_has_no_noise_and_log_prob_needs_aux():
     logits, E = make(v=10)
-    rep = GumbelSoftmaxRepresenter(temperature=0.5, top_k=3, greedy=True)
+    rep = GumbelSoftmaxRepresenter(tau=0.5, top_k=3, greedy=True)
     a, b = rep.step(logits, E, gen(1)), rep.step(logits, E, gen(2))
     assert torch.equal(a.embeds, b.embeds) and torch.equal(a.ids, logits.argmax(-1))
     q = reference_q(logits, a.aux["topk_ids"])
@@ -104,7 +106,7 @@ def test_gumbel_greedy_has_no_noise_and_log_prob_needs_aux():
         a.embeds, torch.einsum("nk,nkd->nd", torch.softmax(q / 0.5, -1), E[a.aux["topk_ids"]])
     )
     with pytest.raises(ValueError, match="aux"):
-        rep.log_prob(logits, a.embeds, a.ids, E)
+        rep.log_prob(Replay(logits, a.embeds, a.ids, E))
     with pytest.raises(ValueError, match="top_k"):
         GumbelSoftmaxRepresenter(top_k=0)
 
@@ -216,7 +218,7 @@ def test_cold_stop_counts_consecutive_confident_steps_only(tiny_model, tiny_toke
 
         pattern = [True, True, False, True, True, True]
 
-        def step(self, logits, embedding, generator=None):
+        def step(self, logits, embedding, generator=None, pre=None):
             out = super().step(logits, embedding, generator)
             t, self.calls = self.calls, self.calls + 1
             out.confident = torch.full((len(logits),), self.pattern[t % len(self.pattern)])
@@ -268,6 +270,6 @@ def test_training_free_settings_have_no_log_prob(rep):
     logits, E = make()
     assert not rep.trainable and GumbelSoftmaxRepresenter().trainable
     with pytest.raises(NotImplementedError, match="training-free"):
-        rep.log_prob(logits, None, logits.argmax(-1), E)
+        rep.log_prob(Replay(logits, None, logits.argmax(-1), E))
     with pytest.raises(NotImplementedError, match="evaluate.py"):
-        rep.kl(logits, logits, None, logits.argmax(-1), E, E)
+        rep.kl(Replay(logits, None, logits.argmax(-1), E), Replay(logits, None, logits.argmax(-1), E))

@@ -6,24 +6,25 @@ import math
 
 import pytest
 import torch
-from helpers import D, V, central_diff, gen, make
+from helpers import D, V, central_diff, compose_train, gen, make
+from hydra.utils import instantiate
 from torch.distributions import Categorical, Normal
 
 import soft_tokens.representers.soft as soft_mod
-from soft_tokens.representers import HardRepresenter, SoftRepresenter
+from soft_tokens.representers import GumbelSoftmaxRepresenter, HardRepresenter, Replay, SoftRepresenter
 
 # --------------------------------------------------------------------------- soft: density and gradients
 
 
 def test_soft_log_prob_is_the_gaussian_density_around_the_mixture():
     logits, E = make()
-    rep = SoftRepresenter(temperature=0.5, gamma=0.33)
+    rep = SoftRepresenter(tau=0.5, gamma=0.33)
     fed = torch.randn(logits.shape[0], D, generator=gen(1))
     # Independent of the code under test: h = softmax(z / tau) @ E, sigma = gamma * sqrt(mean(E^2)).
     h = torch.softmax(logits / 0.5, dim=-1) @ E
     sigma = 0.33 * E.pow(2).mean().sqrt()
     expected = Normal(h, sigma).log_prob(fed).sum(-1)
-    got = rep.log_prob(logits, fed, logits.argmax(-1), E)
+    got = rep.log_prob(Replay(logits, fed, logits.argmax(-1), E))
     assert got.shape == (logits.shape[0],)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -31,9 +32,11 @@ def test_soft_log_prob_is_the_gaussian_density_around_the_mixture():
 def test_soft_log_prob_needs_fed_and_positive_sigma():
     logits, E = make()
     with pytest.raises(ValueError, match="fed"):
-        SoftRepresenter().log_prob(logits, None, logits.argmax(-1), E)
+        SoftRepresenter().log_prob(Replay(logits, None, logits.argmax(-1), E))
     with pytest.raises(ValueError, match="sigma"):
-        SoftRepresenter(gamma=0.0).log_prob(logits, torch.zeros(logits.shape[0], D), logits.argmax(-1), E)
+        SoftRepresenter(gamma=0.0).log_prob(
+            Replay(logits, torch.zeros(logits.shape[0], D), logits.argmax(-1), E)
+        )
 
 
 def test_soft_log_prob_gradient_wrt_logits_matches_finite_differences():
@@ -41,12 +44,12 @@ def test_soft_log_prob_gradient_wrt_logits_matches_finite_differences():
     # downcast and torch.autograd.gradcheck cannot be used; central differences in float32 with a step
     # chosen to balance truncation (O(h^2)) and round-off (O(ulp / h)) errors instead.
     logits, E = make(seed=3, n=3)
-    rep = SoftRepresenter(temperature=0.5, gamma=0.33)
+    rep = SoftRepresenter(tau=0.5, gamma=0.33)
     fed = rep.mixture(logits, E) + 0.33 * torch.randn(3, D, generator=gen(4))
     weights = torch.tensor([1.0, -0.5, 2.0])  # a generic scalar of the per-row log-densities
 
     def f(z):
-        return (rep.log_prob(z, fed, z.argmax(-1), E) * weights).sum()
+        return (rep.log_prob(Replay(z, fed, z.argmax(-1), E)) * weights).sum()
 
     z = logits.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(f(z), z)
@@ -57,14 +60,14 @@ def test_soft_log_prob_gradient_wrt_logits_matches_finite_differences():
 
 def test_soft_log_prob_gradient_wrt_embedding_matches_finite_differences():
     logits, E = make(seed=5, n=3)
-    rep = SoftRepresenter(temperature=0.5, gamma=0.33)
+    rep = SoftRepresenter(tau=0.5, gamma=0.33)
     fed = rep.mixture(logits, E) + 0.33 * torch.randn(3, D, generator=gen(6))
     weights = torch.tensor([0.7, 1.3, -1.0])
     # sigma is detached by design: hold it fixed for the finite differences (perturbing E would change it).
     sigma = rep.sigma(E).clone()
 
     def f(emb):
-        return (rep.log_prob(logits, fed, logits.argmax(-1), emb) * weights).sum()
+        return (rep.log_prob(Replay(logits, fed, logits.argmax(-1), emb)) * weights).sum()
 
     Eg = E.clone().requires_grad_(True)
     (grad_free,) = torch.autograd.grad(f(Eg), Eg)  # sigma recomputed from E by the representer
@@ -86,7 +89,7 @@ def test_fuzzy_mixture_is_the_argmax_embedding():
     top = logits.argmax(-1)
     logits[torch.arange(64), top] += 0.05  # distinct maxima: a gap of at least 0.05 = 500 tau
     E = torch.randn(50, 16, generator=g)
-    rep = SoftRepresenter(temperature=1e-4)
+    rep = SoftRepresenter(tau=1e-4)
     h = rep.mixture(logits, E)
     target = E[top]
     rel = (h - target).norm(dim=-1) / target.norm(dim=-1)
@@ -111,7 +114,7 @@ def test_sigma_is_gamma_times_rms_and_cached_until_embedding_changes(monkeypatch
     assert rep.sigma(E).item() == pytest.approx(expected, rel=1e-6)
     assert len(calls) == 1
     rep.sigma(E)
-    rep.log_prob(torch.zeros(2, 3), torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), E)
+    rep.log_prob(Replay(torch.zeros(2, 3), torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), E))
     assert len(calls) == 1  # unchanged E: not recomputed
     E.mul_(2)  # in-place update (as an optimizer step does)
     assert rep.sigma(E).item() == pytest.approx(2 * expected, rel=1e-6)
@@ -153,7 +156,7 @@ def test_prepare_forgets_sigma_of_a_trainable_embedding_only(monkeypatch):
 
 def test_sigma_scales_the_noise():
     logits, E = make(n=20000, v=4, d=3)
-    rep = SoftRepresenter(temperature=0.5, gamma=0.33)
+    rep = SoftRepresenter(tau=0.5, gamma=0.33)
     step = rep.step(logits, E, generator=gen(0))
     noise = step.embeds - rep.mixture(logits, E)
     sigma = 0.33 * E.pow(2).mean().sqrt()
@@ -167,7 +170,7 @@ def test_sigma_scales_the_noise():
 @pytest.mark.parametrize("temperature", [0.5, 1e-4])
 def test_seeded_noise_reproduces_and_differs_across_seeds(temperature):
     logits, E = make()
-    rep = SoftRepresenter(temperature=temperature)
+    rep = SoftRepresenter(tau=temperature)
     a = rep.step(logits, E, generator=gen(11))
     b = rep.step(logits, E, generator=gen(11))
     c = rep.step(logits, E, generator=gen(12))
@@ -188,7 +191,7 @@ def test_hard_sampling_reproduces_with_a_generator():
 
 def test_soft_greedy_feeds_the_mixture_without_noise():
     logits, E = make()
-    for rep in (SoftRepresenter(temperature=0.5, greedy=True), SoftRepresenter(temperature=0.5).as_greedy()):
+    for rep in (SoftRepresenter(tau=0.5, greedy=True), SoftRepresenter(tau=0.5).as_greedy()):
         a = rep.step(logits, E, generator=gen(1))
         b = rep.step(logits, E, generator=gen(2))
         assert torch.equal(a.embeds, rep.mixture(logits, E))
@@ -196,8 +199,8 @@ def test_soft_greedy_feeds_the_mixture_without_noise():
         assert torch.equal(a.ids, logits.argmax(-1))
         assert torch.equal(a.logp, torch.zeros(logits.shape[0]))
     # gamma = 0 adds no noise either.
-    step = SoftRepresenter(temperature=0.5, gamma=0.0).step(logits, E, generator=gen(1))
-    assert torch.equal(step.embeds, SoftRepresenter(temperature=0.5).mixture(logits, E))
+    step = SoftRepresenter(tau=0.5, gamma=0.0).step(logits, E, generator=gen(1))
+    assert torch.equal(step.embeds, SoftRepresenter(tau=0.5).mixture(logits, E))
 
 
 def test_hard_greedy_is_argmax():
@@ -214,10 +217,10 @@ def test_hard_greedy_is_argmax():
 def test_soft_step_logp_equals_log_prob_of_what_was_fed():
     logits, E = make(n=16)
     for tau in (0.5, 1e-4):
-        rep = SoftRepresenter(temperature=tau, gamma=0.33)
+        rep = SoftRepresenter(tau=tau, gamma=0.33)
         step = rep.step(logits, E, generator=gen(3))
         assert step.embeds.shape == (16, D) and step.logp.dtype == torch.float32
-        recomputed = rep.log_prob(logits, step.embeds, step.ids, E)
+        recomputed = rep.log_prob(Replay(logits, step.embeds, step.ids, E))
         torch.testing.assert_close(step.logp, recomputed, rtol=1e-5, atol=1e-4)
 
 
@@ -226,7 +229,7 @@ def test_hard_step_logp_equals_log_prob():
     rep = HardRepresenter(temperature=0.7)
     step = rep.step(logits, E, generator=gen(3))
     assert torch.equal(step.embeds, E[step.ids])
-    torch.testing.assert_close(step.logp, rep.log_prob(logits, None, step.ids, E), rtol=0, atol=0)
+    torch.testing.assert_close(step.logp, rep.log_prob(Replay(logits, None, step.ids, E)), rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- hard: distribution
@@ -250,7 +253,7 @@ def test_hard_log_prob_is_tempered_categorical():
     logits, E = make(n=10)
     ids = torch.arange(10) % V
     for T in (1.0, 0.7, 2.5):
-        got = HardRepresenter(temperature=T).log_prob(logits, None, ids, E)
+        got = HardRepresenter(temperature=T).log_prob(Replay(logits, None, ids, E))
         torch.testing.assert_close(got, Categorical(logits=logits / T).log_prob(ids), rtol=1e-6, atol=1e-6)
 
 
@@ -258,7 +261,7 @@ def test_hard_log_prob_is_differentiable():
     logits, E = make(n=3)
     z = logits.clone().requires_grad_(True)
     ids = torch.tensor([0, 1, 2])
-    (grad,) = torch.autograd.grad(HardRepresenter().log_prob(z, None, ids, E).sum(), z)
+    (grad,) = torch.autograd.grad(HardRepresenter().log_prob(Replay(z, None, ids, E)).sum(), z)
     expected = torch.nn.functional.one_hot(ids, V).float() - torch.softmax(logits, -1)
     torch.testing.assert_close(grad, expected)
 
@@ -270,15 +273,17 @@ def test_hard_k3_kl_zero_at_reference_and_positive_elsewhere():
     logits, E = make(n=8)
     rep = HardRepresenter(temperature=1.0)
     ids = rep.step(logits, E, generator=gen(0)).ids
-    same = rep.kl(logits, logits.clone(), None, ids, E, E)
+    same = rep.kl(Replay(logits, None, ids, E), Replay(logits.clone(), None, ids, E))
     assert torch.equal(same, torch.zeros(8))
-    other = rep.kl(logits, logits + torch.randn(8, V, generator=gen(1)), None, ids, E, E)
+    other = rep.kl(
+        Replay(logits, None, ids, E), Replay(logits + torch.randn(8, V, generator=gen(1)), None, ids, E)
+    )
     assert (other > 0).all()
     # k3 = exp(r) - r - 1 with r = log ref - log pi: one hand-checked value.
     z = torch.tensor([[0.0, 0.0]])  # pi(0) = 1/2
     z_ref = torch.tensor([[math.log(3.0), 0.0]])  # ref(0) = 3/4
     r = math.log(1.5)
-    k3 = rep.kl(z, z_ref, None, torch.tensor([0]), E, E)
+    k3 = rep.kl(Replay(z, None, torch.tensor([0]), E), Replay(z_ref, None, torch.tensor([0]), E))
     assert k3.item() == pytest.approx(1.5 - r - 1, rel=1e-6)
 
 
@@ -287,26 +292,31 @@ def test_hard_kl_gradient_reaches_the_policy_only():
     z = logits.clone().requires_grad_(True)
     z_ref = (logits + 1.0).requires_grad_(True)
     ids = torch.tensor([0, 1, 2, 3])
-    HardRepresenter().kl(z, z_ref, None, ids, E, E).sum().backward()
+    HardRepresenter().kl(Replay(z, None, ids, E), Replay(z_ref, None, ids, E)).sum().backward()
     assert z.grad is not None and z.grad.abs().max() > 0
     assert z_ref.grad is None
 
 
 def test_soft_kl_zero_at_reference_and_positive_elsewhere():
     logits, E = make(n=6)
-    rep = SoftRepresenter(temperature=0.5, gamma=0.33)
+    rep = SoftRepresenter(tau=0.5, gamma=0.33)
     fed = rep.step(logits, E, generator=gen(0)).embeds
     ids = logits.argmax(-1)
-    assert torch.equal(rep.kl(logits, logits.clone(), fed, ids, E, E.clone()), torch.zeros(6))
-    assert (rep.kl(logits, logits + torch.randn(6, V, generator=gen(1)), fed, ids, E, E) > 0).all()
-    assert (rep.kl(logits, logits, fed, ids, E, E + 0.1) > 0).all()
+    assert torch.equal(
+        rep.kl(Replay(logits, fed, ids, E), Replay(logits.clone(), fed, ids, E.clone())), torch.zeros(6)
+    )
+    assert (
+        rep.kl(Replay(logits, fed, ids, E), Replay(logits + torch.randn(6, V, generator=gen(1)), fed, ids, E))
+        > 0
+    ).all()
+    assert (rep.kl(Replay(logits, fed, ids, E), Replay(logits, fed, ids, E + 0.1)) > 0).all()
 
 
 def test_soft_kl_closed_form_matches_monte_carlo():
     logits, E = make(seed=2, n=3)
     ref_logits = logits + 0.8 * torch.randn(3, V, generator=gen(9))
-    rep = SoftRepresenter(temperature=0.5, gamma=0.33)
-    kl = rep.kl(logits, ref_logits, None, logits.argmax(-1), E, E)
+    rep = SoftRepresenter(tau=0.5, gamma=0.33)
+    kl = rep.kl(Replay(logits, None, logits.argmax(-1), E), Replay(ref_logits, None, logits.argmax(-1), E))
     # Hand-written closed form from the two means.
     h = torch.softmax(logits / 0.5, -1) @ E
     h_ref = torch.softmax(ref_logits / 0.5, -1) @ E
@@ -327,7 +337,9 @@ def test_soft_kl_gradient_reaches_the_policy_only():
     z = logits.clone().requires_grad_(True)
     z_ref = (logits + 1.0).requires_grad_(True)
     E_ref = E.clone().requires_grad_(True)
-    SoftRepresenter().kl(z, z_ref, None, logits.argmax(-1), E, E_ref).sum().backward()
+    SoftRepresenter().kl(
+        Replay(z, None, logits.argmax(-1), E), Replay(z_ref, None, logits.argmax(-1), E_ref)
+    ).sum().backward()
     assert z.grad is not None and z.grad.abs().max() > 0
     assert z_ref.grad is None and E_ref.grad is None
 
@@ -336,13 +348,16 @@ def test_soft_kl_gradient_reaches_the_policy_only():
 
 
 def test_as_greedy_returns_a_copy():
-    for rep in (HardRepresenter(temperature=0.7, name="h"), SoftRepresenter(temperature=1e-4, gamma=0.5)):
+    for rep, knob in (
+        (HardRepresenter(temperature=0.7, name="h"), "temperature"),
+        (SoftRepresenter(tau=1e-4, gamma=0.5), "tau"),
+    ):
         greedy = rep.as_greedy()
         assert greedy is not rep
         assert greedy.greedy and not rep.greedy
         assert type(greedy) is type(rep)
-        assert greedy.temperature == rep.temperature and greedy.name == rep.name
-    soft = SoftRepresenter(temperature=1e-4, gamma=0.5)
+        assert getattr(greedy, knob) == getattr(rep, knob) and greedy.name == rep.name
+    soft = SoftRepresenter(tau=1e-4, gamma=0.5)
     assert soft.as_greedy().gamma == 0.5 and soft.as_greedy().continuous
     assert not HardRepresenter().continuous
 
@@ -350,7 +365,7 @@ def test_as_greedy_returns_a_copy():
 def test_names():
     assert HardRepresenter().name == "hard"
     assert SoftRepresenter().name == "soft"
-    assert SoftRepresenter(temperature=1e-4, name="fuzzy").name == "fuzzy"
+    assert SoftRepresenter(tau=1e-4, name="fuzzy").name == "fuzzy"
 
 
 @pytest.mark.parametrize(
@@ -358,8 +373,8 @@ def test_names():
     [
         lambda: HardRepresenter(temperature=0.0),
         lambda: HardRepresenter(temperature=-1.0),
-        lambda: SoftRepresenter(temperature=0.0),
-        lambda: SoftRepresenter(temperature=-0.5),
+        lambda: SoftRepresenter(tau=0.0),
+        lambda: SoftRepresenter(tau=-0.5),
         lambda: SoftRepresenter(gamma=-0.1),
     ],
 )
@@ -392,12 +407,14 @@ def test_soft_project_fuses_only_a_tied_head_on_cpu_at_a_mixing_temperature(monk
     assert SoftRepresenter().project(hidden, tied, E)[1] is None  # a small E: two passes, both from cache
     monkeypatch.setattr(SoftRepresenter, "fuse_min_bytes", 0)
     untied = torch.nn.Linear(D, V, bias=False)
-    logits, pre = SoftRepresenter(temperature=0.5).project(hidden, tied, E)
-    torch.testing.assert_close(pre, SoftRepresenter(temperature=0.5).mixture(logits, E), rtol=1e-5, atol=1e-6)
-    assert SoftRepresenter(temperature=0.5).project(hidden, untied, E)[1] is None
-    assert SoftRepresenter(temperature=1e-4).project(hidden, tied, E)[1] is None  # fuzzy: the sparse sum
+    logits, pre = SoftRepresenter(tau=0.5).project(hidden, tied, E)
+    torch.testing.assert_close(pre, SoftRepresenter(tau=0.5).mixture(logits, E), rtol=1e-5, atol=1e-6)
+    assert SoftRepresenter(tau=0.5).project(hidden, untied, E)[1] is None
+    assert SoftRepresenter(tau=1e-4).project(hidden, tied, E)[1] is None  # fuzzy: the sparse sum
 
     class OwnMixture(SoftRepresenter):
+        fast_mixture = False
+
         def mixture(self, logits, embedding):
             return super().mixture(logits, embedding) * 0
 
@@ -407,3 +424,40 @@ def test_soft_project_fuses_only_a_tied_head_on_cpu_at_a_mixing_temperature(monk
     b = SoftRepresenter().step(logits, E, gen(1))
     torch.testing.assert_close(a.embeds, b.embeds, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.logp, b.logp)
+
+
+# --------------------------------------------------------------------------- names and capabilities
+
+
+@pytest.mark.parametrize("cls,default", [(SoftRepresenter, 0.5), (GumbelSoftmaxRepresenter, 0.1)])
+def test_old_temperature_name_sets_tau_with_a_deprecation_message(cls, default, caplog):
+    assert cls().tau == default
+    with pytest.warns(DeprecationWarning, match="use `tau`"):
+        rep = cls(temperature=0.3)
+    assert rep.tau == 0.3 and not hasattr(rep, "temperature")
+    assert "use `tau`" in caplog.text
+
+
+def test_fuzzy_yaml_takes_the_old_temperature_key():
+    cfg = compose_train(["representer=fuzzy", "representer.temperature=0.3"])
+    with pytest.warns(DeprecationWarning):
+        assert instantiate(cfg.representer).tau == 0.3
+    assert instantiate(compose_train(["representer=fuzzy"]).representer).tau == 1e-4
+
+
+def test_a_subclass_with_its_own_mixture_must_declare_the_capability():
+    with pytest.raises(TypeError, match="fast_mixture"):
+
+        class Silent(SoftRepresenter):
+            def mixture(self, logits, embedding):
+                return super().mixture(logits, embedding)
+
+    class Declared(SoftRepresenter):
+        fast_mixture = True  # still softmax(logits / tau) @ E
+
+        def mixture(self, logits, embedding):
+            return super().mixture(logits, embedding)
+
+    logits, E = make(v=V)
+    a, b = Declared().step(logits, E, gen(0)), SoftRepresenter().step(logits, E, gen(0))
+    assert torch.equal(a.embeds, b.embeds) and torch.equal(a.logp, b.logp)

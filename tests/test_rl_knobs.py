@@ -15,7 +15,7 @@ import train as train_script
 from soft_tokens import tiny
 from soft_tokens.logprobs import rollout_log_probs, scale_gradient
 from soft_tokens.models import ModelConfig, untie_embeddings
-from soft_tokens.representers import SoftRepresenter
+from soft_tokens.representers import Replay, SoftRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
 
 
@@ -87,11 +87,16 @@ def test_embedding_grad_false_gives_E_no_gradient_from_the_cot_term(embedding_gr
     torch.manual_seed(0)
     E = torch.randn(7, 4, requires_grad=True)
     logits = torch.randn(3, 7, requires_grad=True)
-    rep = SoftRepresenter(temperature=0.5, gamma=0.5, embedding_grad=embedding_grad)
+    rep = SoftRepresenter(tau=0.5, gamma=0.5, embedding_grad=embedding_grad)
     fed = torch.randn(3, 4)
     ref_logits = torch.randn(3, 7)
-    loss = rep.log_prob(logits, fed, logits.argmax(-1), E).sum()
-    loss = loss + rep.kl(logits, ref_logits, fed, logits.argmax(-1), E, E.detach()).sum()
+    loss = rep.log_prob(Replay(logits, fed, logits.argmax(-1), E)).sum()
+    loss = (
+        loss
+        + rep.kl(
+            Replay(logits, fed, logits.argmax(-1), E), Replay(ref_logits, fed, logits.argmax(-1), E.detach())
+        ).sum()
+    )
     loss.backward()
     assert logits.grad.abs().sum() > 0
     assert (E.grad is not None and E.grad.abs().sum() > 0) == embedding_grad

@@ -155,7 +155,7 @@ def test_answer_max_tokens_and_shadow_stop_for_soft(tiny_model, tiny_tokenizer):
     model = scripted(tiny_model, tiny_tokenizer, prompt, " 3. The final answer is: \\boxed{123456789}")
     engine = RolloutEngine(tiny_tokenizer, RolloutConfig(max_cot_tokens=40, answer_max_tokens=3))
     # Fuzzy tokens: the argmax shadow follows the script, so the stop is found on the shadow text.
-    ro = engine.generate(model, [prompt], SoftRepresenter(temperature=1e-4), answer_greedy=True)
+    ro = engine.generate(model, [prompt], SoftRepresenter(tau=1e-4), answer_greedy=True)
     assert ro.cot_texts[0] == " 3. The final answer is:"
     assert int(ro.answer_lengths[0]) == 3
     assert ro.completions[0] == " \\boxed{123"
@@ -178,7 +178,7 @@ def decode_time_tolerance(model, ro: Rollout, rep: TokenRepresenter, calls: list
 
 @pytest.mark.numerics
 @pytest.mark.parametrize("group", [1, 3], ids=["distinct", "shared-prompts"])
-@pytest.mark.parametrize("rep", [HardRepresenter(), SoftRepresenter(), SoftRepresenter(temperature=1e-4)])
+@pytest.mark.parametrize("rep", [HardRepresenter(), SoftRepresenter(), SoftRepresenter(tau=1e-4)])
 def test_teacher_forced_log_probs_equal_decode_time(tiny_model, tiny_tokenizer, rep, group, monkeypatch):
     # No row compaction, so that each recorded CoT step maps to one column of the rollout.
     cfg = RolloutConfig(max_cot_tokens=12, answer_max_tokens=6, compact_fraction=2.0)
@@ -222,18 +222,18 @@ class NearTieLM(LlamaForCausalLM):
 def test_fuzzy_log_density_at_a_near_tie_stays_within_its_derived_tolerance(
     tiny_model, tiny_tokenizer, monkeypatch
 ):
-    rep = SoftRepresenter(temperature=1e-4)
+    rep = SoftRepresenter(tau=1e-4)
     model = NearTieLM(tiny_model.config).eval()
     model.load_state_dict(tiny_model.state_dict())
     model.pair = tuple(tiny_tokenizer.convert_tokens_to_ids(["5", "7"]))
-    model.grid = 8 * rep.temperature  # the gap ends within 4 tau of zero: the softmax is not saturated
+    model.grid = 8 * rep.tau  # the gap ends within 4 tau of zero: the softmax is not saturated
     cfg = RolloutConfig(max_cot_tokens=12, answer_max_tokens=4, compact_fraction=2.0)
     calls = record_decode_logits(rep, monkeypatch)
     ro = RolloutEngine(tiny_tokenizer, cfg).generate(
         model, PROMPTS, rep, generator=torch.Generator().manual_seed(1)
     )
     tol, logits = decode_time_tolerance(model, ro, rep, calls)
-    top2 = torch.softmax(logits[ro.cot_mask] / rep.temperature, -1).topk(2, -1).values
+    top2 = torch.softmax(logits[ro.cot_mask] / rep.tau, -1).topk(2, -1).values
     assert (top2[:, 1] > 1e-3).all()  # every CoT step mixes two embeddings
     gap = (rollout_log_probs(model, ro, rep).logp - ro.logp).abs()
     assert (gap <= tol)[ro.gen_mask].all(), (gap - tol)[ro.gen_mask].max()
@@ -260,7 +260,7 @@ def test_greedy_soft_adds_no_noise(tiny_model, tiny_tokenizer):
     # The rollout's prompt forward (into its KV cache) and this one differ by at most `logit_bound` in each
     # logit, so by twice that in their range; the mixture moves by what `mixture_tolerance` allows.
     bound = logit_bound(tiny_model, out.hidden_states[-1], out.logits)
-    tol = mixture_tolerance(rep.temperature, logits, 2 * bound, E)
+    tol = mixture_tolerance(rep.tau, logits, 2 * bound, E)
     assert ((ro.fed[:, 0] - rep.mixture(logits, E)).norm(dim=-1) <= tol).all()
 
 

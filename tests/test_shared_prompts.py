@@ -70,7 +70,7 @@ def test_teacher_forced_pass_with_shared_prompts_equals_the_full_pass(
     # All in float64, so that the two passes' different batch shapes move the results by float64 roundings only.
     monkeypatch.setattr(LlamaRMSNorm, "forward", rms_norm_in_input_dtype)
     model = tiny_model.double()
-    rep = SoftRepresenter(temperature=0.5, gamma=0.3)
+    rep = SoftRepresenter(tau=0.5, gamma=0.3)
     ro = rollout_of(model, tiny_tokenizer, rep)
     ro.fed = ro.fed.double()
     assert prompt_groups(ro.ids[:, : ro.prompt_len], ro.attention_mask[:, : ro.prompt_len]).shared

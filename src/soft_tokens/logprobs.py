@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
-from soft_tokens.representers.base import TokenRepresenter
+from soft_tokens.representers.base import Replay, TokenRepresenter
 from soft_tokens.representers.sampling import categorical_log_prob, k3_kl
 from soft_tokens.rollout import Rollout
 from soft_tokens.shared_prompts import prefill, prompt_groups
@@ -68,15 +68,24 @@ def hidden_states(model: PreTrainedModel, rollout: Rollout) -> Tensor:
     return torch.cat([last.unsqueeze(1), out.last_hidden_state], dim=1)
 
 
-def _chunked(fn: Callable[..., Tensor], n: int, chunk_size: int, *tensors: Tensor) -> Tensor:
-    """Apply fn to row-chunks of `tensors` and concatenate; checkpoint each chunk when grad is on."""
+def _rows(value: Tensor | dict[str, Tensor] | None, i: int, j: int) -> Tensor | dict[str, Tensor] | None:
+    """Rows i..j-1 of a tensor, of each tensor of a dict, or None."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: v[i:j] for k, v in value.items()}
+    return value[i:j]
+
+
+def _chunked(fn: Callable[..., Tensor], n: int, chunk_size: int, **inputs: Tensor | dict | None) -> Tensor:
+    """Apply fn to row-chunks of the named `inputs` and concatenate; checkpoint each chunk when grad is on."""
     outs = []
     for i in range(0, n, chunk_size):
-        parts = [t[i : i + chunk_size] for t in tensors]
+        parts = {name: _rows(v, i, i + chunk_size) for name, v in inputs.items()}
         if torch.is_grad_enabled():
-            outs.append(checkpoint(fn, *parts, use_reentrant=False))
+            outs.append(checkpoint(fn, use_reentrant=False, **parts))
         else:
-            outs.append(fn(*parts))
+            outs.append(fn(**parts))
     return torch.cat(outs)
 
 
@@ -101,44 +110,68 @@ def rollout_log_probs(
         zeros = torch.zeros(mask.shape, device=mask.device)
         return StepLogProbs(logp=zeros, mask=mask, kl=zeros if ref_model is not None else None)
     hid = hidden_states(model, rollout)[rows, cols]  # [M, d]
-    is_cot = rollout.cot_mask[rows, cols]
-    ids = rollout.ids[:, rollout.prompt_len :][rows, cols]
-    fed = rollout.fed[rows, cols] if rollout.fed is not None else torch.zeros_like(hid[:, :0])
-    lm_head = model.get_output_embeddings()
-    E = model.get_input_embeddings().weight
     ref_hid = None
     if ref_model is not None:
         with torch.no_grad():
             ref_hid = hidden_states(ref_model, rollout)[rows, cols]
-    keys = sorted(rollout.aux)  # the representer's stored per-step extras (e.g. Gumbel-softmax's)
-    aux_vals = [rollout.aux[k][rows, cols] for k in keys]
-
-    def per_step(h: Tensor, cot: Tensor, tok: Tensor, x: Tensor, *rest: Tensor) -> Tensor:
-        """[c, 1] log-probs, or [c, 2] log-probs and KL when a reference hidden state is given."""
-        logits = lm_head(h)
-        fed_x = x if representer.continuous else None
-        aux = dict(zip(keys, rest[: len(keys)])) or None
-        ref = rest[len(keys) :]
-        logp = categorical_log_prob(logits, tok, T)
-        if bool(cot.any()):
-            logp = torch.where(cot, representer.log_prob(logits, fed_x, tok, E, aux), logp)
-        if not ref:
-            return logp.unsqueeze(-1)
-        with torch.no_grad():
-            ref_logits = ref_model.get_output_embeddings()(ref[0])
-        kl = k3_kl(logp, categorical_log_prob(ref_logits, tok, T))
-        if bool(cot.any()):
-            E_ref = ref_model.get_input_embeddings().weight
-            kl = torch.where(cot, representer.kl(logits, ref_logits, fed_x, tok, E, E_ref, aux), kl)
-        return torch.stack([logp, kl], dim=-1)
-
-    extra = (ref_hid,) if ref_hid is not None else ()
-    vals = _chunked(per_step, len(rows), chunk_size, hid, is_cot, ids, fed, *aux_vals, *extra)
-    logp = scale_gradient(vals[:, 0], is_cot, cot_grad_weight)
+    per_step = StepScorer(model, representer, T, ref_model)
+    vals = _chunked(
+        per_step,
+        len(rows),
+        chunk_size,
+        hidden=hid,
+        cot=rollout.cot_mask[rows, cols],
+        ids=rollout.ids[:, rollout.prompt_len :][rows, cols],
+        fed=rollout.fed[rows, cols] if rollout.fed is not None else None,
+        aux={k: v[rows, cols] for k, v in rollout.aux.items()},  # the representer's per-step extras
+        ref_hidden=ref_hid,
+    )
+    logp = scale_gradient(vals[:, 0], rollout.cot_mask[rows, cols], cot_grad_weight)
     out = StepLogProbs(logp=_scatter(logp, mask, rows, cols), mask=mask)
     if ref_hid is not None:
         out.kl = _scatter(vals[:, 1], mask, rows, cols)
     return out
+
+
+class StepScorer:
+    """Scores a chunk of generated positions from their final hidden states: the representer's log-prob at
+    CoT steps, the categorical one at answer steps, and the KL to the reference when one is given."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        representer: TokenRepresenter,
+        T: float,
+        ref_model: PreTrainedModel | None,
+    ) -> None:
+        self.representer, self.T, self.ref_model = representer, T, ref_model
+        self.head, self.E = model.get_output_embeddings(), model.get_input_embeddings().weight
+
+    def __call__(
+        self,
+        hidden: Tensor,
+        cot: Tensor,
+        ids: Tensor,
+        fed: Tensor | None,
+        aux: dict[str, Tensor],
+        ref_hidden: Tensor | None,
+    ) -> Tensor:
+        """[c, 1] log-probs, or [c, 2] log-probs and KL when reference hidden states are given."""
+        rep = self.representer
+        logits = self.head(hidden)
+        replay = Replay(logits, fed if rep.continuous else None, ids, self.E, aux or None)
+        logp = categorical_log_prob(logits, ids, self.T)
+        if bool(cot.any()):
+            logp = torch.where(cot, rep.log_prob(replay), logp)
+        if ref_hidden is None:
+            return logp.unsqueeze(-1)
+        with torch.no_grad():
+            ref_logits = self.ref_model.get_output_embeddings()(ref_hidden)
+        kl = k3_kl(logp, categorical_log_prob(ref_logits, ids, self.T))
+        if bool(cot.any()):
+            ref = replay.under(ref_logits, self.ref_model.get_input_embeddings().weight)
+            kl = torch.where(cot, rep.kl(replay, ref), kl)
+        return torch.stack([logp, kl], dim=-1)
 
 
 def scale_gradient(values: Tensor, where: Tensor, weight: float) -> Tensor:

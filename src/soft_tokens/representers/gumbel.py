@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TokenRepresenter
+from soft_tokens.representers.base import Replay, Rng, Step, TokenRepresenter, positive, renamed_tau
 from soft_tokens.representers.sampling import weighted_rows
 
 
@@ -41,9 +41,15 @@ class GumbelSoftmaxRepresenter(TokenRepresenter):
     continuous = True
 
     def __init__(
-        self, temperature: float = 0.1, top_k: int = 10, greedy: bool = False, name: str | None = None
+        self,
+        tau: float = 0.1,
+        top_k: int = 10,
+        greedy: bool = False,
+        name: str | None = None,
+        temperature: float | None = None,
     ) -> None:
-        super().__init__(temperature=temperature, greedy=greedy, name=name or "gumbel")
+        super().__init__(greedy=greedy, name=name or "gumbel")
+        self.tau = positive("tau", renamed_tau(tau, temperature, type(self).__name__))
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.top_k = int(top_k)
@@ -58,30 +64,28 @@ class GumbelSoftmaxRepresenter(TokenRepresenter):
             z = logits.float().gather(-1, ids)
         return z - torch.logsumexp(z, dim=-1, keepdim=True), ids
 
-    def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
+    def step(
+        self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
+    ) -> Step:
+        """The Gumbel-softmax mixture over the top k and the log-density of the perturbed logits."""
         q, top = self.candidates(logits)
         if self.greedy:
             z, logp = q, torch.zeros(q.shape[:-1], device=q.device)
         else:
             z = q + sample_gumbel(q.shape, generator, q.device)
             logp = gumbel_log_density(z, q).sum(-1)
-        embeds = weighted_rows(torch.softmax(z / self.temperature, dim=-1), top, embedding)
+        embeds = weighted_rows(torch.softmax(z / self.tau, dim=-1), top, embedding)
         ids = top.gather(-1, z.argmax(-1, keepdim=True)).squeeze(-1)
         return Step(embeds=embeds, ids=ids, logp=logp, aux={"topk_ids": top, "perturbed": z})
 
-    def log_prob(
-        self,
-        logits: Tensor,
-        fed: Tensor | None,
-        ids: Tensor,
-        embedding: Tensor,
-        aux: dict[str, Tensor] | None = None,
-    ) -> Tensor:
+    def log_prob(self, replay: Replay) -> Tensor:
         """sum over the stored top-k of log Gumbel(z_i; q_i, 1), q from the current logits."""
+        aux = replay.aux
         if aux is None or "perturbed" not in aux or "topk_ids" not in aux:
             raise ValueError(f"{self!r}.log_prob needs the rollout's aux tensors 'topk_ids' and 'perturbed'")
-        q, _ = self.candidates(logits, aux["topk_ids"])
+        q, _ = self.candidates(replay.logits, aux["topk_ids"])
         return gumbel_log_density(aux["perturbed"].float(), q).sum(-1)
 
-    def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", top_k={self.top_k})"
+    def knobs(self) -> str:
+        """tau and k."""
+        return f", tau={self.tau}, top_k={self.top_k}"

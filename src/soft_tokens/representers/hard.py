@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TokenRepresenter
+from soft_tokens.representers.base import Replay, Rng, Step, TokenRepresenter, positive
 from soft_tokens.representers.sampling import categorical_log_prob, choose_token
 
 
@@ -14,16 +13,21 @@ class HardRepresenter(TokenRepresenter):
 
     continuous = False
 
-    def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
+    def __init__(self, temperature: float = 1.0, greedy: bool = False, name: str | None = None) -> None:
+        super().__init__(greedy=greedy, name=name)
+        self.temperature = positive("temperature", temperature)
+
+    def step(
+        self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
+    ) -> Step:
+        """A token sampled at the temperature (argmax when greedy), fed as its embedding."""
         ids, logp = choose_token(logits, self.temperature, self.greedy, generator)
         return Step(embeds=embedding[ids], ids=ids, logp=logp)
 
-    def log_prob(
-        self,
-        logits: Tensor,
-        fed: Tensor | None,
-        ids: Tensor,
-        embedding: Tensor,
-        aux: dict[str, Tensor] | None = None,
-    ) -> Tensor:
-        return categorical_log_prob(logits, ids, self.temperature)
+    def log_prob(self, replay: Replay) -> Tensor:
+        """log softmax(logits / temperature)[ids]."""
+        return categorical_log_prob(replay.logits, replay.ids, self.temperature)
+
+    def knobs(self) -> str:
+        """The sampling temperature."""
+        return f", temperature={self.temperature}"

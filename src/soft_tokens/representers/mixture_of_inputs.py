@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TrainingFreeRepresenter
+from soft_tokens.representers.base import Rng, Step, TrainingFreeRepresenter, positive
 from soft_tokens.representers.sampling import choose_token, entropy_of
 
 
@@ -25,12 +25,16 @@ class MixtureOfInputsRepresenter(TrainingFreeRepresenter):
     def __init__(
         self, temperature: float = 1.0, beta: float = 1.0, greedy: bool = False, name: str | None = None
     ) -> None:
-        super().__init__(temperature=temperature, greedy=greedy, name=name or "mixture_of_inputs")
+        super().__init__(greedy=greedy, name=name or "mixture_of_inputs")
+        self.temperature = positive("temperature", temperature)
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0 (inf: the sampled token alone), got {beta}")
         self.beta = float(beta)
 
-    def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
+    def step(
+        self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
+    ) -> Step:
+        """The blend of the chosen token's embedding and the distribution's mixture."""
         ids, logp = choose_token(logits, self.temperature, self.greedy, generator)
         token = embedding[ids]
         if math.isinf(self.beta):
@@ -41,5 +45,6 @@ class MixtureOfInputsRepresenter(TrainingFreeRepresenter):
         embeds = (h * mix + (self.beta + 1 - h) * token.float()) / (self.beta + 1)
         return Step(embeds=embeds.to(embedding.dtype), ids=ids, logp=logp)
 
-    def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", beta={self.beta})"
+    def knobs(self) -> str:
+        """The temperature and beta."""
+        return f", temperature={self.temperature}, beta={self.beta}"

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TokenRepresenter
+from soft_tokens.representers.base import Replay, Rng, Step, TokenRepresenter, positive, renamed_tau
 
 
 def embedding_rms(embedding: Tensor, block: int = 1 << 22) -> Tensor:
@@ -33,7 +33,7 @@ UNDERFLOW_SPAN = 2 * 104.0
 
 
 def _sparse_mixture(
-    logits: Tensor, embedding: Tensor, temperature: float, max_density: float = 1 / 64, min_vocab: int = 8192
+    logits: Tensor, embedding: Tensor, tau: float, max_density: float = 1 / 64, min_vocab: int = 8192
 ) -> tuple[Tensor, Tensor] | None:
     """(softmax(logits / tau) @ E, argmax ids) from the few tokens whose probability is not exactly zero, or
     None when more than `max_density` of them may be nonzero, the vocabulary is under `min_vocab` (then the
@@ -53,15 +53,15 @@ def _sparse_mixture(
         return None
     flat = logits.reshape(-1, vocab)
     top, ids = flat.detach().max(-1, keepdim=True)
-    near = flat.detach() >= top - UNDERFLOW_SPAN * temperature
+    near = flat.detach() >= top - UNDERFLOW_SPAN * tau
     finite, count = torch.stack([torch.isfinite(top).all(), torch.count_nonzero(near)]).tolist()  # one sync
     if not finite or count > max_density * near.numel():
         return None
     rows, cols = near.nonzero(as_tuple=True)
     # As torch.softmax of z = logits / tau does: z in float32, exp(z - max z) (the max held constant, as its
     # backward does), normalised by the row's sum.
-    z = flat[rows, cols].float() / temperature
-    e = torch.exp(z - (top.float() / temperature).squeeze(-1)[rows])
+    z = flat[rows, cols].float() / tau
+    e = torch.exp(z - (top.float() / tau).squeeze(-1)[rows])
     total = torch.zeros(flat.shape[0], device=flat.device).index_add_(0, rows, e)
     probs = e / total[rows]
     # As the matmul does: probabilities rounded to E's dtype, products summed in float32, result in E's dtype.
@@ -71,18 +71,18 @@ def _sparse_mixture(
     return out.reshape(*logits.shape[:-1], embedding.shape[-1]), ids.reshape(logits.shape[:-1])
 
 
-def mixture_and_ids(logits: Tensor, embedding: Tensor, temperature: float) -> tuple[Tensor, Tensor | None]:
+def mixture_and_ids(logits: Tensor, embedding: Tensor, tau: float) -> tuple[Tensor, Tensor | None]:
     """(softmax(logits / tau) @ E, the argmax ids or None): one matmul in E's dtype with the softmax in float32,
     or, when nearly all probabilities are exactly zero (fuzzy's tau), the sum over the others (`_sparse_mixture`)."""
-    sparse = _sparse_mixture(logits, embedding, temperature)
+    sparse = _sparse_mixture(logits, embedding, tau)
     if sparse is not None:
         return sparse
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    probs = torch.softmax(logits.float() / tau, dim=-1)
     return probs.to(embedding.dtype) @ embedding, None
 
 
 def logits_and_mixture(
-    hidden: Tensor, embedding: Tensor, temperature: float, block_bytes: int = 1 << 20
+    hidden: Tensor, embedding: Tensor, tau: float, block_bytes: int = 1 << 20
 ) -> tuple[Tensor, Tensor]:
     """(hidden @ E^T, softmax(hidden @ E^T / tau) @ E) for a head tied to E, in one pass over E's rows.
 
@@ -101,7 +101,7 @@ def logits_and_mixture(
     for block in embedding.split(rows):
         logits = hidden @ block.T
         parts.append(logits)
-        z = logits.float() / temperature
+        z = logits.float() / tau
         new_top = torch.maximum(top, z.amax(-1, keepdim=True))
         scale = torch.exp(top - new_top)
         p = torch.exp(z - new_top)
@@ -119,16 +119,30 @@ class SoftRepresenter(TokenRepresenter):
 
     continuous = True
     fuse_min_bytes = 32 << 20  # E from this size on (a 150k x 896 float32 E is 545 MB) gets the fused head
+    # Capability: `mixture` is softmax(logits / tau) @ E, so `project` may make it in the head's pass over E
+    # (`logits_and_mixture`) and `step` may take it with the argmax from the sparse sum (`mixture_and_ids`).
+    # A subclass that redefines `mixture` must say whether it still is (see __init_subclass__).
+    fast_mixture: bool = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "mixture" in vars(cls) and "fast_mixture" not in vars(cls):
+            raise TypeError(
+                f"{cls.__name__} redefines `mixture`: set the class attribute `fast_mixture` (False unless the "
+                "mixture is still softmax(logits / tau) @ E, which the fast paths compute in its place)"
+            )
 
     def __init__(
         self,
-        temperature: float = 0.5,
+        tau: float = 0.5,
         gamma: float = 0.33,
         greedy: bool = False,
         name: str | None = None,
         embedding_grad: bool = True,
+        temperature: float | None = None,
     ) -> None:
-        super().__init__(temperature=temperature, greedy=greedy, name=name)
+        super().__init__(greedy=greedy, name=name)
+        self.tau = positive("tau", renamed_tau(tau, temperature, type(self).__name__))
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
@@ -159,14 +173,14 @@ class SoftRepresenter(TokenRepresenter):
         Elsewhere the plain head: on a GPU a decode step is bound by kernel launches, not by reading E; an E
         under `fuse_min_bytes` stays in cache between the two products anyway; at a tiny temperature (fuzzy)
         the sparse sum after the head is cheaper; an untied head reads a second matrix anyway; and a
-        subclass with its own `mixture` must have it used.
+        representer without `fast_mixture` must have its own `mixture` used.
         """
         weight = getattr(head, "weight", None)
         fuse = (
             hidden.device.type == "cpu"
             and embedding.numel() * embedding.element_size() >= self.fuse_min_bytes
-            and self.temperature > 1e-3
-            and self._own_mixture
+            and self.tau > 1e-3
+            and self.fast_mixture
             and getattr(head, "bias", None) is None
             and weight is not None
             and weight.shape == embedding.shape
@@ -174,12 +188,7 @@ class SoftRepresenter(TokenRepresenter):
         )
         if not fuse:
             return super().project(hidden, head, embedding)
-        return logits_and_mixture(hidden, embedding, self.temperature)
-
-    @property
-    def _own_mixture(self) -> bool:
-        """Whether `mixture` is this class's (a subclass that redefines it must have its own used)."""
-        return type(self).mixture is SoftRepresenter.mixture
+        return logits_and_mixture(hidden, embedding, self.tau)
 
     def _grad_embedding(self, embedding: Tensor) -> Tensor:
         """E as the differentiable log-density and KL see it: detached when `embedding_grad` is off."""
@@ -187,18 +196,14 @@ class SoftRepresenter(TokenRepresenter):
 
     def mixture(self, logits: Tensor, embedding: Tensor) -> Tensor:
         """h = softmax(logits / tau) @ E (`mixture_and_ids`)."""
-        return mixture_and_ids(logits, embedding, self.temperature)[0]
+        return mixture_and_ids(logits, embedding, self.tau)[0]
 
     def step(
-        self,
-        logits: Tensor,
-        embedding: Tensor,
-        generator: torch.Generator | None = None,
-        pre: Tensor | None = None,
+        self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
     ) -> Step:
         """The mixture (`pre`, when `project` made it with the logits) plus noise, and its log-density."""
-        if pre is None and self._own_mixture:
-            h, ids = mixture_and_ids(logits, embedding, self.temperature)
+        if pre is None and self.fast_mixture:
+            h, ids = mixture_and_ids(logits, embedding, self.tau)
         else:  # the mixture `project` made, or a subclass's own
             h, ids = (self.mixture(logits, embedding) if pre is None else pre), None
         ids = logits.argmax(-1) if ids is None else ids
@@ -212,40 +217,24 @@ class SoftRepresenter(TokenRepresenter):
         logp = -0.5 * eps.pow(2).sum(-1) - 0.5 * d * math.log(2 * math.pi) - d * torch.log(sigma)
         return Step(embeds=fed, ids=ids, logp=logp)
 
-    def log_prob(
-        self,
-        logits: Tensor,
-        fed: Tensor | None,
-        ids: Tensor,
-        embedding: Tensor,
-        aux: dict[str, Tensor] | None = None,
-    ) -> Tensor:
+    def log_prob(self, replay: Replay) -> Tensor:
         """Gaussian log-density of the fed input around the mixture (docs/method.md, "Log-probabilities").
 
         log pi(h~ | past) = -|h~ - h|^2 / (2 sigma^2) - d/2 log(2 pi sigma^2). sigma is detached, so the
         constant carries no gradient and cancels in every ratio against another policy with the same sigma;
         it is kept so the value is a true log-density. Differentiable in the logits and in E through h.
         """
-        if fed is None:
+        if replay.fed is None:
             raise ValueError(f"{self!r}.log_prob needs the fed embeddings")
-        sigma = self.sigma(embedding)
+        sigma = self.sigma(replay.embedding)
         if sigma == 0:
             raise ValueError(f"{self!r} has sigma = 0 (gamma = 0): the fed input has no density")
-        h = self.mixture(logits, self._grad_embedding(embedding)).float()
+        h = self.mixture(replay.logits, self._grad_embedding(replay.embedding)).float()
         d = h.shape[-1]
-        sq = (fed.float() - h).pow(2).sum(-1)
+        sq = (replay.fed.float() - h).pow(2).sum(-1)
         return -sq / (2 * sigma**2) - 0.5 * d * math.log(2 * math.pi) - d * torch.log(sigma)
 
-    def kl(
-        self,
-        logits: Tensor,
-        ref_logits: Tensor,
-        fed: Tensor | None,
-        ids: Tensor,
-        embedding: Tensor,
-        ref_embedding: Tensor,
-        aux: dict[str, Tensor] | None = None,
-    ) -> Tensor:
+    def kl(self, replay: Replay, ref: Replay) -> Tensor:
         """Exact KL between the two Gaussian input policies of one CoT step.
 
         Both policies put N(mean, sigma^2 I_d) around their own mixture: h = softmax(z / tau) @ E for the
@@ -257,7 +246,11 @@ class SoftRepresenter(TokenRepresenter):
         so the term needs no sample: it is the closed form in the two means (zero iff they coincide).
         The fed input is not used. sigma is the policy's (detached).
         """
-        sigma = self.sigma(embedding)
-        h = self.mixture(logits, self._grad_embedding(embedding)).float()
-        h_ref = self.mixture(ref_logits, ref_embedding).float().detach()
+        sigma = self.sigma(replay.embedding)
+        h = self.mixture(replay.logits, self._grad_embedding(replay.embedding)).float()
+        h_ref = self.mixture(ref.logits, ref.embedding).float().detach()
         return (h - h_ref).pow(2).sum(-1) / (2 * sigma**2)
+
+    def knobs(self) -> str:
+        """tau and gamma."""
+        return f", tau={self.tau}, gamma={self.gamma}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Step, TrainingFreeRepresenter
+from soft_tokens.representers.base import Rng, Step, TrainingFreeRepresenter, positive
 from soft_tokens.representers.sampling import entropy_of, weighted_rows
 
 
@@ -50,7 +50,8 @@ class SoftThinkingRepresenter(TrainingFreeRepresenter):
         greedy: bool = True,
         name: str | None = None,
     ) -> None:
-        super().__init__(temperature=temperature, greedy=greedy, name=name or "soft_thinking")
+        super().__init__(greedy=greedy, name=name or "soft_thinking")
+        self.temperature = positive("temperature", temperature)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if not 0.0 < top_p <= 1.0:
@@ -63,7 +64,10 @@ class SoftThinkingRepresenter(TrainingFreeRepresenter):
         self.stop_entropy = None if stop_entropy is None else float(stop_entropy)
         self.stop_patience = int(stop_patience)
 
-    def step(self, logits: Tensor, embedding: Tensor, generator: torch.Generator | None = None) -> Step:
+    def step(
+        self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
+    ) -> Step:
+        """The filtered top-k mixture; `confident` where its entropy is under `stop_entropy`."""
         probs, top = filtered_top_k(logits, self.temperature, self.top_k, self.top_p, self.min_p)
         confident = None if self.stop_entropy is None else entropy_of(probs) < self.stop_entropy
         return Step(
@@ -73,9 +77,10 @@ class SoftThinkingRepresenter(TrainingFreeRepresenter):
             confident=confident,
         )
 
-    def __repr__(self) -> str:
+    def knobs(self) -> str:
+        """The temperature, the filters and the early stop."""
         stop = "off" if self.stop_entropy is None else f"H<{self.stop_entropy} x{self.stop_patience}"
         return (
-            f"SoftThinkingRepresenter(name={self.name!r}, temperature={self.temperature}, top_k={self.top_k}, "
-            f"top_p={self.top_p}, min_p={self.min_p}, cold_stop={stop})"
+            f", temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p}, min_p={self.min_p}, "
+            f"cold_stop={stop}"
         )
