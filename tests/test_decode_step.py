@@ -7,10 +7,10 @@ import torch
 from helpers import PROMPTS
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from soft_tokens.decode_step import DecodeStep, supports
-from soft_tokens.kv_cache import preallocated_cache
 from soft_tokens.representers import HardRepresenter, SoftRepresenter, SoftThinkingRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
+from soft_tokens.rollout.decode_step import DecodeStep, supports
+from soft_tokens.rollout.kv_cache import preallocated_cache
 
 
 def tiny_qwen2(vocab_size: int, **kw) -> Qwen2ForCausalLM:

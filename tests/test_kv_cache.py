@@ -8,10 +8,10 @@ from helpers import PROMPTS
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-import soft_tokens.decoding as decoding_mod
-from soft_tokens.kv_cache import PreallocatedLayer, preallocated_cache
+import soft_tokens.rollout.decoding as decoding_mod
 from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
+from soft_tokens.rollout.kv_cache import PreallocatedLayer, preallocated_cache
 
 
 def test_preallocated_layer_matches_the_dynamic_layer_through_every_operation():

@@ -19,7 +19,7 @@ from transformers import DynamicCache, PreTrainedModel
 from soft_tokens.representers.base import Replay, TokenRepresenter
 from soft_tokens.representers.sampling import categorical_log_prob, k3_kl
 from soft_tokens.rollout import Rollout
-from soft_tokens.shared_prompts import prefill, prompt_groups
+from soft_tokens.rollout.shared_prompts import prefill, prompt_groups
 
 
 @dataclass
@@ -45,7 +45,7 @@ def hidden_states(model: PreTrainedModel, rollout: Rollout) -> Tensor:
     """Final hidden states [N, S, d] at the positions that predict each generated step.
 
     Rows that share a prompt share its encoding: each distinct prompt runs once, then the generated
-    positions attend to its KV cache (shared_prompts.py); otherwise one pass over the whole sequences.
+    positions attend to its KV cache (rollout/shared_prompts.py); otherwise one pass over the whole sequences.
     """
     decoder = model.get_decoder()
     emb, mask, pos = input_embeds(model, rollout), rollout.attention_mask, rollout.position_ids

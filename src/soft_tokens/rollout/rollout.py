@@ -11,9 +11,7 @@ teacher-forced pass can replay it with the same attention mask and position ids.
 answer ends at the brace closing the box, at EOS, or after `answer_max_tokens`. Rows that are done are
 dropped from the batch (and from the KV cache) once they make up a large enough share of it.
 
-`RolloutEngine.generate` is the protocol's loop; `decoding.Decoding` holds one call's model parts, KV cache
-and logits, with one method per phase of a step; `decode_state.DecodeState` holds the rows' buffers and
-phases.
+`RolloutEngine.generate` is the protocol's loop; the package's other modules are its parts (__init__.py).
 """
 
 from __future__ import annotations
@@ -27,41 +25,11 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from soft_tokens.decode_state import ANSWER, COT, PREFIX, TokenTables
-from soft_tokens.decoding import Decoding
 from soft_tokens.representers.base import TokenRepresenter
-
-
-@dataclass
-class RolloutConfig:
-    """Lengths, stop string and forced prefixes of the generation protocol."""
-
-    max_cot_tokens: int = 64
-    answer_max_tokens: int = 32
-    answer_temperature: float = 1.0
-    stop_string: str = "The final answer is:"
-    early_stop_prefix: str = " \\boxed{"
-    limit_prefix: str = " The final answer is: \\boxed{"
-    compact_fraction: float = 0.25  # drop done rows once they are this share of the running batch
-    # torch threads while decoding on CPU (null: torch's setting). One per core helps the teacher-forced pass,
-    # but the decode loop's small operations gain little from a second thread and stall when cores are shared.
-    decode_threads: int | None = 1
-    # One-position steps of Llama/Qwen2 decoders call the layers' operations directly (decode_step.py):
-    # bit-identical to the decoder's forward, without its per-call Python work; false: always the forward.
-    direct_decode: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_cot_tokens < 0:
-            raise ValueError(f"rollout max_cot_tokens={self.max_cot_tokens} must be >= 0 (0: no CoT)")
-        if self.answer_max_tokens < 1:
-            raise ValueError(f"rollout answer_max_tokens={self.answer_max_tokens} must be >= 1")
-        # Answers are sampled from softmax(logits / T) and scored at T in training: T = 0 has no density.
-        if not self.answer_temperature > 0 or self.answer_temperature == float("inf"):
-            raise ValueError(
-                f"rollout answer_temperature={self.answer_temperature} must be a finite number > 0 (in "
-                "train.py: module.rollout.answer_temperature, set from sampling_temperature); greedy answers "
-                "are an evaluation setting (evaluate.py and math_eval decode answers greedily)"
-            )
+from soft_tokens.rollout.config import RolloutConfig
+from soft_tokens.rollout.decode_state import ANSWER, COT, PREFIX, TokenTables
+from soft_tokens.rollout.decoding import Decoding
+from soft_tokens.rollout.text import RolloutText
 
 
 @dataclass
@@ -153,6 +121,7 @@ class RolloutEngine:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one (e.g. pad_token = eos_token)")
         self._tables: dict[tuple, TokenTables] = {}
+        self.text = RolloutText(tokenizer, self.cfg.stop_string)
 
     def tables(self, vocab_size: int, device: torch.device) -> TokenTables:
         """The token tables of this tokenizer for a vocabulary size, built once per device."""
@@ -178,7 +147,8 @@ class RolloutEngine:
     def _generate(self, model, prompts, representer, answer_greedy, generator) -> Rollout:
         start = time.perf_counter()
         check_plain_head(model)
-        run = Decoding(self, model, representer, answer_greedy, generator)
+        tables = self.tables(model.get_input_embeddings().weight.shape[0], model.device)
+        run = Decoding(model, representer, self.cfg, tables, self.text, answer_greedy, generator)
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, run.device)
         st = run.prefill(prompt_ids, prompt_mask)
         t = 0
@@ -209,20 +179,3 @@ class RolloutEngine:
             run.forward(next_emb.unsqueeze(1), live)
             t += 1
         return Rollout(**run.finish(prompt_ids, prompt_mask, time.perf_counter() - start))
-
-    def stops(self, rows: Tensor, ids: Tensor, t: int, w: int) -> Tensor:
-        """Which `rows` (t + 1 tokens into their CoT) have a CoT whose last `w` tokens decode to text ending
-        with the stop string."""
-        out = torch.zeros(len(rows), dtype=torch.bool)
-        for k, tail in enumerate(ids[rows, max(0, t + 1 - w) : t + 1].tolist()):
-            out[k] = self.tokenizer.decode(tail[-min(w, t + 1) :]).rstrip().endswith(self.cfg.stop_string)
-        return out.to(rows.device)
-
-    def texts(self, ids: Tensor, cot_mask: Tensor, attn: Tensor) -> tuple[list[str], list[str]]:
-        """CoT text (shadow tokens for continuous CoTs) and the prefix + answer text of each row."""
-        cot, rest = [], []
-        for row_ids, row_cot, row_attn in zip(ids.tolist(), cot_mask.tolist(), attn.tolist()):
-            cot.append(self.tokenizer.decode([i for i, c in zip(row_ids, row_cot) if c]))
-            tail = [i for i, c, a in zip(row_ids, row_cot, row_attn) if a and not c]
-            rest.append(self.tokenizer.decode(tail, skip_special_tokens=True))
-        return cot, rest

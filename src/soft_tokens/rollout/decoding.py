@@ -3,36 +3,36 @@ with one method per phase of a decode step (docs/method.md, "Generation protocol
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from soft_tokens.decode_state import ANSWER, COT, DONE, PREFIX, DecodeState
-from soft_tokens.decode_step import DecodeStep, supports
-from soft_tokens.kv_cache import preallocated_cache
 from soft_tokens.representers.base import TokenRepresenter
 from soft_tokens.representers.sampling import categorical_log_prob, sample_tempered
-from soft_tokens.shared_prompts import prefill, prompt_groups
-
-if TYPE_CHECKING:  # rollout.py imports this module
-    from soft_tokens.rollout import RolloutEngine
+from soft_tokens.rollout.config import RolloutConfig
+from soft_tokens.rollout.decode_state import ANSWER, COT, DONE, PREFIX, DecodeState, TokenTables
+from soft_tokens.rollout.decode_step import DecodeStep, supports
+from soft_tokens.rollout.kv_cache import preallocated_cache
+from soft_tokens.rollout.shared_prompts import prefill, prompt_groups
+from soft_tokens.rollout.text import RolloutText
 
 
 class Decoding:
     """One call of `RolloutEngine.generate`: the model's parts, the KV cache, the last logits and the
-    decode state; its methods are the phases of a decode step."""
+    decode state; its methods are the phases of a decode step. It gets the protocol's config, the token
+    tables and the tokenizer's text side (stop detection) from the engine, not the engine itself."""
 
     def __init__(
         self,
-        engine: RolloutEngine,
         model: PreTrainedModel,
         representer: TokenRepresenter,
+        cfg: RolloutConfig,
+        tables: TokenTables,
+        text: RolloutText,
         answer_greedy: bool,
         generator: torch.Generator | None,
     ) -> None:
-        self.engine, self.cfg, self.model = engine, engine.cfg, model
+        self.cfg, self.model, self.tab, self.text = cfg, model, tables, text
         self.representer, self.answer_greedy, self.generator = representer, answer_greedy, generator
         self.device = model.device
         self.embed = model.get_input_embeddings()
@@ -42,8 +42,7 @@ class Decoding:
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
         direct = self.cfg.direct_decode and supports(self.decoder)
         self.decode_step = DecodeStep(self.decoder) if direct else None
-        self.tab = engine.tables(self.E.shape[0], self.device)
-        self.pad, self.eos = engine.tokenizer.pad_token_id, engine.tokenizer.eos_token_id
+        self.pad, self.eos = text.tokenizer.pad_token_id, text.tokenizer.eos_token_id
         self.prefixes, self.prefix_len = self.tab.prefix_table(self.pad, self.device)
         self.S = self.cfg.max_cot_tokens + self.prefixes.shape[1] + self.cfg.answer_max_tokens
         representer.prepare(self.E)
@@ -119,7 +118,7 @@ class Decoding:
         stop = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         cand = tab.may_stop[tok].nonzero().squeeze(-1)
         if len(cand):
-            stop[cand] = self.engine.stops(rows[cand], st.ids, t, tab.stop_window)
+            stop[cand] = self.text.stops(rows[cand], st.ids, t, tab.stop_window)
         limit = ~stop if at_limit else ~stop & (tok == self.eos)
         if at_limit:
             st.clipped[rows] = limit
@@ -192,7 +191,7 @@ class Decoding:
         """The rollout's fields: prompt and generated columns joined, trimmed to the positions any row used."""
         st, S = self.st, self.st.used_length()
         gen_pos = self.prompt_pos.unsqueeze(1) + torch.arange(S, device=self.device)
-        cot_texts, completions = self.engine.texts(st.ids[:, :S], st.cot_mask[:, :S], st.gen_attn[:, :S])
+        cot_texts, completions = self.text.texts(st.ids[:, :S], st.cot_mask[:, :S], st.gen_attn[:, :S])
         return dict(
             ids=torch.cat([prompt_ids, st.ids[:, :S]], dim=1),
             attention_mask=torch.cat([prompt_mask, st.gen_attn[:, :S]], dim=1),
