@@ -39,7 +39,6 @@ import torch
 from _common import (
     NEVER_STOP,
     PROMPTS,
-    QWEN_0_5B,
     RELATED,
     REPRESENTERS,
     add_common_args,
@@ -54,24 +53,13 @@ from _common import (
     without_eos,
     write_results,
 )
-from transformers import CompileConfig, DynamicCache
+from _micro_step import micro_step
+from _rollout_report import COLUMNS, render, targets
+from torch import Tensor
+from transformers import CompileConfig
 
 from soft_tokens.models import TORCH_DTYPES
 from soft_tokens.rollout import RolloutConfig, RolloutEngine, encode_prompts
-
-COLUMNS = [
-    "model",
-    "L",
-    "variant",
-    "tokens",
-    "median_s",
-    "wall_s",
-    "ms_per_token",
-    "tok_per_s",
-    "vs_generate",
-    "vs_generate_static",
-    "vs_hard",
-]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -125,50 +113,13 @@ def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device
     Returns the rows and, per variant, the median over rounds of time(long) / time(short).
     """
     prompts = (PROMPTS * (args.batch // len(PROMPTS) + 1))[: args.batch]
-    ids, mask = encode_prompts(tokenizer, prompts, device)
-    P = ids.shape[1]
-    engine_tok = without_eos(tokenizer)
-    pad = tokenizer.pad_token_id
+    enc = encode_prompts(tokenizer, prompts, device)
     lengths = tuple(dict.fromkeys((L0, args.long_factor * L0)))  # one length when --long-factor 1
     anchors = ("generate",) if args.no_static_anchor else ("generate", "generate_static")
     variants = (*anchors, *REPRESENTERS, *RELATED)
     fns: dict[str, Any] = {}
     for L in lengths:
-        cfg = RolloutConfig(max_cot_tokens=L, answer_max_tokens=args.answer_len, stop_string=NEVER_STOP)
-        engine = RolloutEngine(engine_tok, cfg)
-        engine.tables(
-            model.get_input_embeddings().weight.shape[0], device
-        )  # per-vocabulary tables, built once
-        n_new = L + len(tokenizer.encode(cfg.limit_prefix, add_special_tokens=False)) + args.answer_len
-        gen_kwargs: dict[str, Any] = dict(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
-            max_new_tokens=n_new,
-            min_new_tokens=n_new,
-            eos_token_id=None,
-            pad_token_id=pad,
-            top_k=0,
-            top_p=1.0,
-            temperature=1.0,
-        )
-
-        def run_generate(kw=gen_kwargs):
-            return model.generate(**kw)
-
-        fns[f"generate@{L}"] = run_generate
-        if "generate_static" in anchors:
-            static_kwargs = {**gen_kwargs, "cache_implementation": "static", "compile_config": compile_all()}
-            fns[f"generate_static@{L}"] = lambda kw=static_kwargs: model.generate(**kw)
-            fns[f"generate_static@{L}"]()  # compiles for this length: not timed
-        for name, make in {**REPRESENTERS, **RELATED}.items():
-            rep = make()
-
-            def run(rep=rep, engine=engine):
-                g = torch.Generator(device).manual_seed(args.seed)
-                return engine.generate(model, prompts, rep, generator=g)
-
-            fns[f"{name}@{L}"] = run
+        fns.update(variants_at(L, model, tokenizer, prompts, enc, anchors, args, device))
     for _ in range(args.warmup):  # warm-up at the short length: the process is then warm for the long one
         for v in variants:
             fns[f"{v}@{L0}"]()
@@ -177,33 +128,7 @@ def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device
     res = interleaved(fns, reps, 0, device, args.clock)
     rows = []
     for L in lengths:
-        at = {v: res[f"{v}@{L}"] for v in variants}
-        tokens = {a: int(at[a]["out"][:, P:].numel()) for a in anchors}
-        for v in variants[len(anchors) :]:
-            tokens[v] = at[v]["out"].num_tokens
-        ratio = paired_ratios(at, tokens, args.clock)
-        for v in variants:
-            rows.append(
-                {
-                    "model": label,
-                    "L": L,
-                    "variant": v,
-                    "batch": len(prompts),
-                    "prompt_len": P,
-                    "tokens": tokens[v],
-                    "median_s": at[v]["median"],
-                    "wall_s": at[v]["median_wall"],
-                    "times_s": [round(t, 4) for t in at[v][args.clock]],
-                    "ms_per_token": 1e3 * at[v]["median"] / tokens[v],
-                    "tok_per_s": tokens[v] / at[v]["median"],
-                    "vs_generate": ratio(v, "generate"),
-                    "vs_generate_static": ratio(v, "generate_static") if len(anchors) > 1 else None,
-                    "vs_hard": ratio(v, "hard") if v not in anchors else None,
-                }
-            )
-        if len(set(tokens.values())) != 1:
-            print(f"warning: {label} L={L}: generated token counts differ: {tokens}")
-        print(results_table(rows[-len(variants) :], COLUMNS), flush=True)
+        rows += rows_at(label, L, {v: res[f"{v}@{L}"] for v in variants}, anchors, enc[0], args)
     long_over_short = {
         v: statistics.median(
             [
@@ -214,6 +139,77 @@ def bench_lengths(label: str, model, tokenizer, L0: int, reps: int, args, device
         for v in variants
     }
     return rows, long_over_short
+
+
+def variants_at(
+    L: int, model, tokenizer, prompts: list[str], enc, anchors: tuple, args, device
+) -> dict[str, Any]:
+    """The timed callables at CoT length L, named `<variant>@<L>`: generate (and its static-cache anchor)
+    for as many tokens as a rollout feeds, and a rollout per representer; `enc` the encoded prompts."""
+    ids, mask = enc
+    cfg = RolloutConfig(max_cot_tokens=L, answer_max_tokens=args.answer_len, stop_string=NEVER_STOP)
+    engine = RolloutEngine(without_eos(tokenizer), cfg)
+    engine.tables(model.get_input_embeddings().weight.shape[0], device)  # per-vocabulary tables, built once
+    n_new = L + len(tokenizer.encode(cfg.limit_prefix, add_special_tokens=False)) + args.answer_len
+    gen_kwargs: dict[str, Any] = dict(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=True,
+        max_new_tokens=n_new,
+        min_new_tokens=n_new,
+        eos_token_id=None,
+        pad_token_id=tokenizer.pad_token_id,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+    )
+    fns: dict[str, Any] = {f"generate@{L}": lambda kw=gen_kwargs: model.generate(**kw)}
+    if "generate_static" in anchors:
+        static_kwargs = {**gen_kwargs, "cache_implementation": "static", "compile_config": compile_all()}
+        fns[f"generate_static@{L}"] = lambda kw=static_kwargs: model.generate(**kw)
+        fns[f"generate_static@{L}"]()  # compiles for this length: not timed
+    for name, make in {**REPRESENTERS, **RELATED}.items():
+        rep = make()
+
+        def run(rep=rep, engine=engine):
+            g = torch.Generator(device).manual_seed(args.seed)
+            return engine.generate(model, prompts, rep, generator=g)
+
+        fns[f"{name}@{L}"] = run
+    return fns
+
+
+def rows_at(label: str, L: int, at: dict[str, dict], anchors: tuple, prompt_ids: Tensor, args) -> list[dict]:
+    """The result rows of every variant at CoT length L from their timings `at` (printed as a table)."""
+    variants, (batch, P) = list(at), prompt_ids.shape
+    tokens = {a: int(at[a]["out"][:, P:].numel()) for a in anchors}
+    for v in variants[len(anchors) :]:
+        tokens[v] = at[v]["out"].num_tokens
+    ratio = paired_ratios(at, tokens, args.clock)
+    rows = []
+    for v in variants:
+        rows.append(
+            {
+                "model": label,
+                "L": L,
+                "variant": v,
+                "batch": batch,
+                "prompt_len": P,
+                "tokens": tokens[v],
+                "median_s": at[v]["median"],
+                "wall_s": at[v]["median_wall"],
+                "times_s": [round(t, 4) for t in at[v][args.clock]],
+                "ms_per_token": 1e3 * at[v]["median"] / tokens[v],
+                "tok_per_s": tokens[v] / at[v]["median"],
+                "vs_generate": ratio(v, "generate"),
+                "vs_generate_static": ratio(v, "generate_static") if len(anchors) > 1 else None,
+                "vs_hard": ratio(v, "hard") if v not in anchors else None,
+            }
+        )
+    if len(set(tokens.values())) != 1:
+        print(f"warning: {label} L={L}: generated token counts differ: {tokens}")
+    print(results_table(rows, COLUMNS), flush=True)
+    return rows
 
 
 def paired_ratios(res: dict[str, dict[str, Any]], tokens: dict[str, int], clock: str):
@@ -228,97 +224,6 @@ def paired_ratios(res: dict[str, dict[str, Any]], tokens: dict[str, int], clock:
         return statistics.median(per_round)
 
     return ratio
-
-
-@torch.no_grad()
-def micro_step(model, args, device, context: int = 64) -> list[dict]:
-    """One decode step's parts at batch B: model forward (KV cache of `context` tokens) vs representer.step."""
-    B = args.batch
-    E = model.get_input_embeddings().weight
-    V, d = E.shape
-    cache = DynamicCache(config=model.config)
-    ids = torch.randint(3, 200, (B, context), device=device)
-    model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-    x = E[torch.randint(3, 200, (B, 1), device=device)]
-    pos = torch.full((B, 1), context, device=device)
-
-    def forward():
-        out = model(inputs_embeds=x, position_ids=pos, cache=cache, use_cache=True)
-        cache.crop(-1)
-        return out.logits[:, -1]
-
-    logits = forward()
-    hidden = torch.randn(B, d, device=device, dtype=E.dtype)
-    head = model.get_output_embeddings()
-    fns = {"model forward (decode step)": forward, "  of which LM head": lambda: head(hidden)}
-    reps = {n: make() for n, make in {**REPRESENTERS, **RELATED}.items()}
-    g = torch.Generator(device).manual_seed(0)
-    for n, rep in reps.items():
-        fns[f"{n}.step"] = lambda rep=rep: rep.step(logits, E, g)
-    fns["soft.mixture only"] = lambda: reps["soft"].mixture(logits, E)
-
-    def two_pass(rep=reps["soft"]):
-        return rep.step(head(hidden), E, g)
-
-    def one_pass(rep=reps["soft"]):
-        lg, pre = rep.project(hidden, head, E)
-        return rep.step(lg, E, g, pre=pre)
-
-    fns["LM head + hard.step"] = lambda rep=reps["hard"]: rep.step(head(hidden), E, g)
-    fns["LM head + soft.step (two passes over E)"] = two_pass
-    fns["soft.project + soft.step (one pass over E)"] = one_pass
-    fns["entropy (logged each CoT step)"] = lambda: reps["hard"].entropy(logits)
-    res = interleaved(fns, max(args.reps, 3) * 2, max(args.warmup, 1), device, args.clock)
-    fwd = res["model forward (decode step)"]["median"]
-    head_t = res["  of which LM head"]["median"]
-    layers = model.config.num_hidden_layers
-    per_layer = max(fwd - head_t, 0.0) / layers
-    full_depth = QWEN_0_5B["num_hidden_layers"]
-    fwd_full = head_t + full_depth * per_layer
-    rows = []
-    for n, r in res.items():
-        t = r["median"]
-        row = {"part": n, "ms": t * 1e3}
-        if n.endswith(".step") or n.startswith("soft.mixture"):
-            row["share_of_step"] = t / (fwd + t)
-            row[f"share_at_{full_depth}_layers_est"] = t / (fwd_full + t)
-        rows.append(row)
-    rows.append({"part": f"est. forward at {full_depth} layers", "ms": fwd_full * 1e3})
-    return rows
-
-
-def targets(rows: list[dict], length_ratios: dict[str, dict], long_factor: int) -> list[dict]:
-    """The speed targets: hard >= 1.3x generate and >= 1.0x generate_static on the embedded model; soft and
-    fuzzy >= 0.95x hard at the Qwen shape; the cost of a 4x longer CoT at most 4.5x (representers)."""
-    out = []
-
-    def target(label: str, text: str, value: float | None, bound: float) -> None:
-        if value is not None:
-            out.append({"model": label, "target": text, "value": value, "holds": value >= bound})
-
-    for label in dict.fromkeys(r["model"] for r in rows):
-        qwen = label.startswith("Qwen")
-        for r in (r for r in rows if r["model"] == label):
-            if r["variant"] == "hard" and not qwen:
-                target(label, f"hard >= 1.3x generate tok/s (L={r['L']})", r["vs_generate"], 1.3)
-                text = f"hard >= 1.0x generate_static tok/s (L={r['L']})"
-                target(label, text, r["vs_generate_static"], 1.0)
-            if r["variant"] in ("soft", "fuzzy") and qwen:
-                target(label, f"{r['variant']} >= 0.95x hard tok/s (L={r['L']})", r["vs_hard"], 0.95)
-        L0 = min(r["L"] for r in rows if r["model"] == label)
-        tokens = {(r["variant"], r["L"]): r["tokens"] for r in rows if r["model"] == label}
-        for v, ratio in length_ratios[label].items():  # median over rounds of time(long) / time(short)
-            per_token = ratio * tokens[(v, L0)] / tokens[(v, long_factor * L0)]
-            out.append(
-                {
-                    "model": label,
-                    "target": f"{v}: time({long_factor}L) / time(L) <= 4.5 (L={L0})",
-                    "value": ratio,
-                    "per_token_cost_ratio": per_token,
-                    "holds": ratio <= 4.5 if v in REPRESENTERS else None,
-                }
-            )
-    return out
 
 
 def compile_all():
@@ -365,37 +270,6 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_write:
         write_results(args.out, "rollout" + ("_tiny" if args.tiny else ""), payload, md)
     return payload
-
-
-def render(info, args, models, rows, micro, tgt) -> str:
-    lines = [
-        "# Rollout throughput",
-        "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads),"
-        f" transformers {info['transformers']}{', GPU ' + info['gpu'] if 'gpu' in info else ''};"
-        f" load average at start {info['load_avg_1m_at_start']}.",
-        f"Device {args.device}, dtype {args.dtype}, batch {args.batch}, answer tokens {args.answer_len},"
-        f" median of {args.small_reps} (small model) / {args.reps} (Qwen shape) rounds after {args.warmup} warm-up"
-        f" (at L only), clock: {args.clock}. A round runs every variant at both lengths in a rotated order;"
-        " `vs_generate`, `vs_hard` and time(4L) / time(L) are medians over rounds of the per-round ratio"
-        f"{', torch.compile' if args.compile else ''}. generate_static: generate with a static cache and"
-        " its forward compiled (Hugging Face's fastest path), compiled before timing.",
-        "",
-        "Models: " + "; ".join(f"{k}: {v}" for k, v in models.items()),
-        "",
-        results_table(rows, COLUMNS),
-    ]
-    if micro:
-        cols = ["part", "ms"] + [k for r in micro for k in r if k not in ("part", "ms")]
-        cols = list(dict.fromkeys(cols))
-        lines += ["", f"One decode step at batch {args.batch} (Qwen shape):", "", results_table(micro, cols)]
-    lines += [
-        "",
-        "Targets (`per_token_cost_ratio`: time per generated token at the long CoT over that at L):",
-        "",
-        results_table(tgt, ["model", "target", "value", "per_token_cost_ratio", "holds"]),
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,8 @@ def greedy_accuracy(model, tokenizer, examples, batch_size: int = 100, max_new_t
     return correct / len(examples)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The build's command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="assets/embedded")
     p.add_argument("--seed", type=int, default=0)
@@ -128,16 +129,13 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.35, help="val accuracy to aim for")
     p.add_argument("--stop-above", type=float, default=0.6, help="stop once val accuracy exceeds this")
     p.add_argument("--max-minutes", type=float, default=30.0, help="safety stop on training time")
-    args = p.parse_args()
+    return p.parse_args()
 
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True, warn_only=args.device != "cpu")
+
+def build_data(args: argparse.Namespace) -> dict:
+    """The train/val/test splits, the tokenizer trained on the train split, the encoded train rows and the
+    answer budget (`max_new_tokens`)."""
     cfg = ArithConfig()
-    t_start = time.time()
-
-    # data and tokenizer
     train = generate_split("train", args.n_train, seed=args.seed, cfg=cfg)
     val = generate_split("val", max(args.n_val, args.n_report), seed=args.seed, cfg=cfg)
     test = generate_split("test", args.n_report, seed=args.seed, cfg=cfg)
@@ -148,8 +146,11 @@ def main() -> None:
     assert full == rows[0][0], "prompt and completion must tokenize the same apart as together"
     max_new_tokens = max(len(ids) - n for ids, n in rows) + 8
     print(f"tokenizer: {len(tokenizer)} tokens; longest train sequence {max(len(r[0]) for r in rows)} tokens")
+    return dict(val=val, test=test, tokenizer=tokenizer, rows=rows, max_new_tokens=max_new_tokens)
 
-    # model
+
+def build_model(args: argparse.Namespace, tokenizer, max_new_tokens: int) -> LlamaForCausalLM:
+    """A randomly initialised tied-embedding Llama of the requested shape, greedy generation config."""
     mcfg = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=args.hidden,
@@ -171,12 +172,15 @@ def main() -> None:
         do_sample=False,
         max_new_tokens=max_new_tokens,
     )
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params:,} parameters")
+    return model
+
+
+def train_model(args: argparse.Namespace, model: LlamaForCausalLM, data: dict) -> tuple[list[dict], dict]:
+    """Train, evaluating every `eval_every` steps; load the state closest to the target accuracy and return
+    the evaluation history and the chosen entry."""
+    tokenizer, rows = data["tokenizer"], data["rows"]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
-
-    # train, evaluating every eval_every steps; keep the state closest to the target accuracy
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
     history, best, train_time = [], None, 0.0
     for step in range(1, args.max_steps + 1):
@@ -193,7 +197,8 @@ def main() -> None:
         train_time += time.time() - t0
         if step % args.eval_every:
             continue
-        acc = greedy_accuracy(model, tokenizer, val[: args.n_val], max_new_tokens=max_new_tokens)
+        val = data["val"][: args.n_val]
+        acc = greedy_accuracy(model, tokenizer, val, max_new_tokens=data["max_new_tokens"])
         history.append(
             {"step": step, "train_s": round(train_time, 1), "loss": round(loss.item(), 4), "val_acc": acc}
         )
@@ -204,26 +209,50 @@ def main() -> None:
             break
     model.load_state_dict(best.pop("state"))
     print(f"chosen: {best}")
+    return history, best
 
-    # save, reload from disk, and measure what the saved files give
+
+def save_and_measure(
+    args: argparse.Namespace, model: LlamaForCausalLM, data: dict
+) -> tuple[dict, PreTrainedTokenizerFast]:
+    """Save model and tokenizer to `args.out`, reload them from disk; what the saved files give, and the
+    reloaded tokenizer."""
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    data["tokenizer"].save_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out).to(args.device)
     tokenizer = AutoTokenizer.from_pretrained(out)
+    budget = data["max_new_tokens"]
     report = {
-        "val_first100": greedy_accuracy(model, tokenizer, val[:100], max_new_tokens=max_new_tokens),
-        "val": greedy_accuracy(model, tokenizer, val[: args.n_report], max_new_tokens=max_new_tokens),
-        "test": greedy_accuracy(model, tokenizer, test, max_new_tokens=max_new_tokens),
+        "val_first100": greedy_accuracy(model, tokenizer, data["val"][:100], max_new_tokens=budget),
+        "val": greedy_accuracy(model, tokenizer, data["val"][: args.n_report], max_new_tokens=budget),
+        "test": greedy_accuracy(model, tokenizer, data["test"], max_new_tokens=budget),
     }
     print(f"saved model: {report}")
+    return report, tokenizer
+
+
+def main() -> None:
+    """Build the embedded model: data, tokenizer, training to the target accuracy, saved folder and card."""
+    args = parse_args()
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True, warn_only=args.device != "cpu")
+    t_start = time.time()
+    data = build_data(args)
+    model = build_model(args, data["tokenizer"], data["max_new_tokens"])
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params:,} parameters")
+    history, best = train_model(args, model, data)
+    report, tokenizer = save_and_measure(args, model, data)
     stats = {
         "args": vars(args),
         "n_params": n_params,
-        "vocab_size": len(tokenizer),
-        "max_new_tokens": max_new_tokens,
+        "vocab_size": len(data["tokenizer"]),
+        "max_new_tokens": data["max_new_tokens"],
         "history": history,
         "chosen": best,
         "report": report,
@@ -231,6 +260,7 @@ def main() -> None:
         "torch": torch.__version__,
         "command": "HF_HUB_OFFLINE=1 python " + " ".join(sys.argv),
     }
+    out = Path(args.out)
     (out / "build_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     (out / "README.md").write_text(model_card(stats, tokenizer))
 
