@@ -85,3 +85,33 @@ DISTRIBUTED_RUN = [
     "logger=csv",
     "callbacks.rich_progress_bar=null",
 ]
+
+
+# Runs train.py's entry point with the given arguments, then says which heavy libraries it had imported and
+# how it exited (config errors must come before torch, transformers and Lightning load).
+TRAIN_PROBE = (
+    "import runpy, sys\n"
+    "sys.argv = ['train.py', *sys.argv[1:]]\n"
+    "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+    "except SystemExit as e:\n    code = e.code\n"
+    "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules))\n"
+    "print('CODE', code)\n"
+)
+
+
+def probe_train(*args: str) -> str:
+    """stdout and stderr of TRAIN_PROBE run on train.py with `args` (HF_HUB_OFFLINE=1)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", TRAIN_PROBE, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return out.stdout + out.stderr

@@ -10,35 +10,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import compose_train
+from helpers import compose_train, probe_train
 
 import train as train_script
 from callbacks.progress import EtaColumn, StepProgressBar
 from soft_tokens.config_types import ConfigTypeError, check_config_types
 
 ROOT = Path(__file__).resolve().parents[1]
-# Runs train.py's entry point and reports which heavy libraries it imported before exiting.
-PROBE = (
-    "import runpy, sys\n"
-    "sys.argv = ['train.py', *sys.argv[1:]]\n"
-    "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
-    "except SystemExit as e:\n    code = e.code\n"
-    "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules))\n"
-    "print('CODE', code)\n"
-)
-
-
-def _probe(*args: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    return out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["module.samples_per_prompt=abc"]])
 def test_help_and_config_errors_come_before_heavy_imports(args):
-    out = _probe(*args)
+    out = probe_train(*args)
     assert "HEAVY []" in out, out
     if args[0].startswith("module."):
         assert "module.samples_per_prompt='abc': expected int" in out and "CODE config error" in out

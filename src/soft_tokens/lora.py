@@ -7,7 +7,8 @@ merges them into the base weights, so the folder loads with plain `from_pretrain
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +16,13 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from soft_tokens.config_types import check_value
+
 if TYPE_CHECKING:
     from peft import PeftModel
 
 ADAPTER = "default"  # peft's name for the one adapter
+NAME = re.compile(r"[A-Za-z0-9_.]+")  # a module name or a dotted path in the model
 
 
 @dataclass
@@ -28,7 +32,7 @@ class LoraSettings:
     r: int | None = None
     alpha: float = 32.0
     dropout: float = 0.0
-    target_modules: list[str] | str | None = None  # None: peft's default for the architecture
+    target_modules: list[str] | str | None = None  # None: peft's default; a string: one module name
 
     @property
     def enabled(self) -> bool:
@@ -45,11 +49,26 @@ class LoraSettings:
                 f"model.lora: unknown keys {sorted(unknown)} (known: r, alpha, dropout, target_modules)"
             )
         out = LoraSettings(**dict(value))
-        if out.target_modules is not None and not isinstance(out.target_modules, str):
-            out.target_modules = [str(m) for m in out.target_modules]
-        if out.r is not None and (not isinstance(out.r, int) or out.r < 1):
+        out.target_modules = module_names(out.target_modules)
+        if out.r is not None and (isinstance(out.r, bool) or not isinstance(out.r, int)):
             raise ValueError(f"model.lora.r={out.r!r} must be a positive integer (or null: no LoRA)")
+        for key in ("r", "alpha", "dropout"):
+            check_value(f"model.lora.{key}", getattr(out, key))
         return out
+
+
+def module_names(value: str | Sequence[str] | None) -> list[str] | None:
+    """target_modules as a list of module names: a bare string is one name (peft would read it as a regex)."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else [str(m) for m in value]
+    for name in names:
+        if not NAME.fullmatch(name):
+            raise ValueError(
+                f"model.lora.target_modules: {name!r} is not a module name (letters, digits, _ and .); list the "
+                "names, e.g. model.lora.target_modules=[q_proj,v_proj] (regular expressions are not supported)"
+            )
+    return names
 
 
 def add_adapters(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel | PeftModel:
@@ -62,13 +81,33 @@ def add_adapters(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedMo
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=settings.target_modules,
+        target_modules=module_names(settings.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
+    check_rank(model, settings.r)
     wrapped = get_peft_model(model, config)
     check_embeddings_not_adapted(wrapped)
+    check_rank(wrapped, settings.r)
     return wrapped
+
+
+def check_rank(model: nn.Module, r: int) -> None:
+    """Refuse a rank above the smaller dimension of an adapted layer (or, before wrapping, the hidden size)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {
+        n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, LoraLayer)
+    }
+    if not layers:  # not wrapped yet: every decoder projection has the hidden size as one of its dimensions
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        layers = {"the model (hidden size)": (hidden, hidden)} if isinstance(hidden, int) else {}
+    for name, dims in layers.items():
+        if r > min(dims):
+            raise ValueError(
+                f"model.lora.r={r} exceeds the smaller dimension of {name} ({dims[0]} x {dims[1]}): a rank "
+                f"above {min(dims)} adds parameters without adding capacity; choose model.lora.r <= {min(dims)}"
+            )
 
 
 def check_embeddings_not_adapted(model: PeftModel) -> None:

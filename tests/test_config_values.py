@@ -1,0 +1,153 @@
+"""What values a config key may take (soft_tokens.config_types): types from the code's annotations, followed
+through re-exports, base classes and `**kwargs`, and the one table of ranges; hostile values stop before
+torch loads, with the key named; LoRA's rank and module names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import CONF, compose_config, compose_train, probe_train
+from omegaconf import OmegaConf
+
+from soft_tokens import tiny
+from soft_tokens.config_types import (
+    RANGES,
+    ConfigTypeError,
+    check_config_types,
+    check_value,
+    parse_range,
+    range_of,
+    target_arguments,
+)
+from soft_tokens.lora import LoraSettings, add_adapters
+
+NOWHERE = Path("/tmp")  # a run folder for the interpolations of composed configs (nothing is written there)
+GROUPS = {
+    g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("representer", "estimator", "reward")
+}
+
+
+def _flat_keys(node, prefix: str = "") -> set[str]:
+    if isinstance(node, dict):
+        return {k for key, v in node.items() for k in _flat_keys(v, f"{prefix}.{key}" if prefix else key)}
+    if isinstance(node, list):
+        return {k for i, v in enumerate(node) for k in _flat_keys(v, f"{prefix}[{i}]")}
+    return {prefix}
+
+
+def test_every_range_parses_and_names_a_config_key():
+    configs = [compose_train([f"representer={c}"], NOWHERE) for c in GROUPS["representer"]]
+    configs += [compose_train([f"estimator={c}"], NOWHERE) for c in GROUPS["estimator"]]
+    configs.append(compose_config("evaluate", [], NOWHERE))
+    keys = set().union(*(_flat_keys(OmegaConf.to_container(c, resolve=True)) for c in configs))
+    for key, text in RANGES.items():
+        assert parse_range(text).text == text
+        assert any(k == key or k.endswith("." + key) for k in keys), f"{key} names no config key"
+    for cfg in configs:  # every shipped default is inside its range
+        check_config_types(cfg)
+
+
+@pytest.mark.parametrize(
+    "key, good, bad",
+    [
+        ("model.lora.alpha", [1e-3, 32], [0, -1.0]),
+        ("model.lora.dropout", [0.0, 0.99], [1.0, 1.5, -0.1]),
+        ("model.lora.r", [1, 16], [0, -4]),
+        ("module.optim.lr", [1e-6], [0, -1, float("nan")]),
+        ("estimator.beta", [0.0, 0.04], [-0.5]),
+        ("representer.tau", [1e-4], [0, -0.5]),
+        ("representer.temperature", [0.5], [0]),
+        ("representer.gamma", [0.0, 0.33], [-0.01]),
+        ("settings.soft_sample.representer.tau", [0.5], [0]),  # a key matches by its end
+        ("representer.top_p", [1.0], [0.0, 1.5]),
+    ],
+)
+def test_range_table_bounds(key, good, bad):
+    assert range_of(key) is not None
+    for value in good:
+        check_value(key, value)
+    for value in bad:
+        with pytest.raises(ConfigTypeError, match=rf"{key.replace('.', '[.]')}={value!r}: must be"):
+            check_value(key, value)
+    with pytest.raises(ConfigTypeError, match="expected a number"):
+        check_value(key, "abc")
+
+
+def test_type_check_follows_reexports_base_classes_and_kwargs():
+    hard = target_arguments("soft_tokens.representers.HardRepresenter")  # no __init__: the base's
+    assert hard["temperature"].text == "float" and hard["greedy"].text == "bool"
+    soft = target_arguments("soft_tokens.representers.SoftRepresenter")  # re-exported by the package
+    assert {"tau", "gamma", "temperature", "greedy"} <= soft.keys()
+    rloo, grpo = (target_arguments(f"soft_tokens.estimators.{n}") for n in ("RLOO", "GRPO"))  # **kwargs
+    assert rloo["beta"].text == "float" and {"beta", "eps", "num_iterations"} <= grpo.keys()
+    assert (
+        target_arguments("soft_tokens.models.ModelConfig")["lora"].nested_class()
+        == "soft_tokens.lora.LoraSettings"
+    )
+
+
+def _scalar_keys(group: str, choice: str) -> list[tuple[str, str]]:
+    """(key, annotation) of the int/float/bool arguments a group's choice sets in its YAML."""
+    node = OmegaConf.to_container(compose_train([f"{group}={choice}"], NOWHERE)[group], resolve=True)
+    args = target_arguments(node["_target_"])
+    scalar = {"int", "float", "bool"}
+    return [
+        (k, args[k].text) for k in node if k in args and {p.strip() for p in args[k].text.split("|")} & scalar
+    ]
+
+
+@pytest.mark.parametrize("group, choice", [(g, c) for g, choices in GROUPS.items() for c in choices])
+def test_every_group_key_of_the_wrong_type_is_named(group, choice):
+    keys = _scalar_keys(group, choice)
+    assert keys, f"{group}={choice}: no typed key found"
+    for key, annotation in keys:
+        with pytest.raises(ConfigTypeError, match=rf"{group}\.{key}='abc': expected {annotation.split()[0]}"):
+            check_config_types(compose_train([f"{group}={choice}", f"{group}.{key}=abc"], NOWHERE))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("representer.temperature=abc", "representer.temperature='abc': expected float"),
+        ("representer=soft representer.tau=abc", "representer.tau='abc': expected float"),
+        ("representer=soft representer.temperature=abc", "representer.temperature='abc': expected float"),
+        ("representer=soft representer.gamma=-1", "representer.gamma=-1: must be >= 0"),
+        ("representer=fuzzy representer.tau=0", "representer.tau=0: must be > 0"),
+        ("estimator.beta=x", "estimator.beta='x': expected float"),
+        ("estimator.beta=-0.5", "estimator.beta=-0.5: must be >= 0"),
+        ("estimator=grpo estimator.eps=abc", "estimator.eps='abc': expected float"),
+        ("reward.correct=y", "reward.correct='y': expected float"),
+        ("model.lora.r=4 model.lora.alpha=0", "model.lora.alpha=0: must be > 0"),
+        ("model.lora.alpha=-8", "model.lora.alpha=-8: must be > 0"),
+        ("model.lora.alpha=abc", "model.lora.alpha='abc': expected float"),
+        ("model.lora.dropout=-0.1", "model.lora.dropout=-0.1: must be in [0, 1)"),
+        ("model.lora.dropout=1.5", "model.lora.dropout=1.5: must be in [0, 1)"),
+        ("module.optim.lr=-1", "module.optim.lr=-1: must be > 0"),
+        ("module.optim.lr=0", "module.optim.lr=0: must be > 0"),
+    ],
+)
+def test_hostile_values_stop_before_torch_loads_naming_the_key(override, key):
+    text = probe_train(*override.split())
+    assert "HEAVY []" in text and "CODE config error" in text, text
+    assert f"config key {key}" in text, text
+
+
+def test_lora_rank_above_a_layers_dimensions_is_refused(tiny_tokenizer):
+    model = tiny.tiny_llama(len(tiny_tokenizer))  # hidden 32; k_proj and v_proj 32 x 16
+    with pytest.raises(ValueError, match=r"model\.lora\.r=100000 exceeds .*hidden size.*r <= 32"):
+        add_adapters(model, LoraSettings(r=100000))
+    with pytest.raises(ValueError, match=r"model\.lora\.r=20 exceeds .*k_proj \(32 x 16\).*r <= 16"):
+        add_adapters(tiny.tiny_llama(len(tiny_tokenizer)), LoraSettings(r=20, target_modules=["k_proj"]))
+
+
+def test_lora_target_modules_as_a_bare_string_is_one_module_name(tiny_tokenizer):
+    settings = LoraSettings.of({"r": 4, "target_modules": "q_proj"})
+    assert settings.target_modules == ["q_proj"]
+    wrapped = add_adapters(tiny.tiny_llama(len(tiny_tokenizer)), settings)
+    adapted = {n.rsplit(".", 1)[-1] for n, _ in wrapped.named_modules() if n.endswith("q_proj")}
+    assert adapted == {"q_proj"} and any("q_proj.lora_A" in n for n, _ in wrapped.named_parameters())
+    with pytest.raises(
+        ValueError, match=r"target_modules: 'q_proj\|v_proj' is not a module name.*\[q_proj,v_proj\]"
+    ):
+        LoraSettings.of({"r": 4, "target_modules": "q_proj|v_proj"})
