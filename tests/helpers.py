@@ -19,7 +19,7 @@ PROMPTS = [
     "User: Bob has 9 pens. Assistant:",
 ]
 
-# Where README's "Adding a representer" recipe puts its files in the repository.
+# Where docs/extending.md's "Adding a representer" recipe puts its files in the repository.
 PACKAGE_MODULE = "src/soft_tokens/representers/topk.py"
 PACKAGE_YAML = "conf/representer/topk.yaml"
 

@@ -1,4 +1,5 @@
-"""The README's "Adding a representer" recipe, run exactly as written: its module, its YAML files, its command."""
+"""The "Adding a representer" recipe of docs/extending.md, run exactly as written: its module, its YAML files, its
+command."""
 
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ import soft_tokens.representers
 import train as train_script
 from soft_tokens.representers import Replay
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+EXTENDING = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
 
 def recipe() -> dict[str, list[str]]:
-    """The fenced code blocks of the README's "Adding a representer" section, by language."""
-    text = README.read_text()
+    """The fenced code blocks of docs/extending.md's "Adding a representer" section, by language."""
+    text = EXTENDING.read_text()
     start = text.index("\n## Adding a representer\n")
     end = text.index("\n## ", start + 1)
     blocks: dict[str, list[str]] = {}
@@ -31,8 +32,8 @@ def recipe() -> dict[str, list[str]]:
     return blocks
 
 
-def test_readme_names_the_recipe_files():
-    text = README.read_text()
+def test_extending_names_the_recipe_files():
+    text = EXTENDING.read_text()
     section = text[text.index("\n## Adding a representer\n") :]
     assert f"`{PACKAGE_MODULE}`" in section and f"`{PACKAGE_YAML}`" in section
     blocks = recipe()
@@ -70,7 +71,7 @@ def test_package_recipe_builds_decodes_and_scores(tmp_path, monkeypatch):
 def test_outside_recipe_trains(tmp_path, tiny_model_dir, monkeypatch):
     blocks = recipe()
     module, outside_yaml, command = blocks["python"][0], blocks["yaml"][1], blocks["bash"][0].strip()
-    root = tmp_path / "path" / "to"  # the README's /path/to
+    root = tmp_path / "path" / "to"  # the recipe's /path/to
     (root / "conf" / "representer").mkdir(parents=True)
     (root / "topk.py").write_text(module)
     (root / "conf" / "representer" / "topk.yaml").write_text(outside_yaml)

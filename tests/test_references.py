@@ -11,7 +11,7 @@ from helpers import PACKAGE_MODULE, PACKAGE_YAML
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".txt", ".cfg")
-# Files the README's "Adding a representer" recipe tells the reader to create (run by tests/test_extend.py).
+# Files docs/extending.md's "Adding a representer" recipe tells the reader to create (run by tests/test_extend.py).
 RECIPE_FILES = {PACKAGE_MODULE, PACKAGE_YAML}
 
 

@@ -1,4 +1,4 @@
-"""The rollouts of one training step and the metrics logged for it (TRL's names: README "Metrics")."""
+"""The rollouts of one training step and the metrics logged for it (TRL's names: docs/metrics.md)."""
 
 from __future__ import annotations
 
