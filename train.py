@@ -18,11 +18,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Only light imports here: torch, transformers and Lightning load in train(), after Hydra has composed and
 # checked the config, so --help, --cfg job and config errors answer in about a second.
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from soft_tokens.config_types import ConfigTypeError, check_config_types
-from soft_tokens.run_folder import check_run, register_resolver
-from soft_tokens.run_summary import recorded_failure
+from soft_tokens.run_folder import check_run, register_resolver, remove_resume_attempt
+from soft_tokens.run_summary import RunRefused, recorded_failure
 
 log = logging.getLogger(__name__)
 register_resolver()  # run_dir in conf/hydra/default.yaml: unique run folders, resumed runs in their own
@@ -54,11 +55,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from soft_tokens.builders import build_callbacks, build_loggers, build_module
     from soft_tokens.data.lengths import prompt_budget
+    from soft_tokens.resume import FollowMovedRun, check_resume, write_parent
 
     quiet_libraries()
+    parent = check_resume(cfg)  # a resume that would mix two runs is refused here, before anything is written
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if parent is not None:
+        write_parent(out_dir, parent)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
@@ -68,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         prompt_budget(module.model_cfg, module.tokenizer, module.format_prompt, module.rollout_cfg)
     )
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg)
+        cfg.trainer, callbacks=[*build_callbacks(cfg), FollowMovedRun()], logger=build_loggers(cfg)
     )
     check_run(trainer, out_dir, cfg.ckpt_path)
     start = time.perf_counter()
@@ -96,8 +101,14 @@ def main(cfg: DictConfig) -> None:
         check_config_types(cfg)
     except ConfigTypeError as err:
         raise SystemExit(f"config error: {err}") from None  # the message names the key; no traceback
-    with recorded_failure(cfg.paths.output_dir):  # a failed run: traceback in its log, summary.json failed
-        train(cfg)
+    try:
+        with recorded_failure(
+            cfg.paths.output_dir
+        ):  # a failed run: traceback in its log, summary.json failed
+            train(cfg)
+    except RunRefused as err:
+        remove_resume_attempt(HydraConfig.get().runtime.output_dir, HydraConfig.get().output_subdir)
+        raise SystemExit(f"resume refused: {err}") from None
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ its checkpoint callback keeps tracking the best checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,12 +22,22 @@ if TYPE_CHECKING:
     import lightning as L
 
 CHECKPOINT_FOLDER = "checkpoints"
+HYDRA_SUBDIR, RESUMES = ".hydra", "resumes"
 
 
 def new_folder(base: str | Path) -> Path:
     """Create and return `base`, or `base_1`, `base_2`, ... if it exists (atomic: mkdir, no check-then-create)."""
     base = Path(base)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocking = next((p for p in reversed(base.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocking} is a file, not a folder" if blocking else f"{err.strerror or err}"
+        # SystemExit, not an OSError: raised inside a Hydra resolver, an exception would be shown buried in
+        # an interpolation traceback; this is shown as it is.
+        raise SystemExit(
+            f"cannot create the run folder {base}: {why} (set paths.log_dir to a folder)"
+        ) from None
     for k in range(10_000):
         candidate = base if k == 0 else base.with_name(f"{base.name}_{k}")
         try:
@@ -35,19 +48,48 @@ def new_folder(base: str | Path) -> Path:
     raise FileExistsError(f"{base}: 10,000 run folders of this name exist")
 
 
-def run_dir(default: str, ckpt_path: str | None = None) -> str:
+def resumed_run(ckpt_path: str | None, fork: bool = False) -> Path | None:
+    """The run folder a resume from `ckpt_path` continues in (`<run>` of `<run>/checkpoints/<file>`), if any."""
+    if not ckpt_path or fork:
+        return None
+    ckpt = Path(ckpt_path).resolve()
+    if ckpt.parent.name == CHECKPOINT_FOLDER and ckpt.parent.parent.is_dir():
+        return ckpt.parent.parent
+    return None
+
+
+def run_dir(default: str, ckpt_path: str | None = None, fork: bool = False) -> str:
     """The folder of a run: the one holding `ckpt_path`'s checkpoints folder when resuming, else a new one."""
-    if ckpt_path:
-        ckpt = Path(ckpt_path).resolve()
-        if ckpt.parent.name == CHECKPOINT_FOLDER and ckpt.parent.parent.is_dir():
-            return str(ckpt.parent.parent)
-    return str(new_folder(default))
+    resumed = resumed_run(ckpt_path, fork)
+    return str(resumed) if resumed is not None else str(new_folder(default))
+
+
+def hydra_subdir(ckpt_path: str | None = None, fork: bool = False) -> str:
+    """Where Hydra writes the run's composed config: `.hydra`, or for a resume a new `.hydra/resumes/<time>`,
+    so the run's own `.hydra/` record is not overwritten (and a refused resume can remove its attempt's)."""
+    resumed = resumed_run(ckpt_path, fork)
+    if resumed is None:
+        return HYDRA_SUBDIR
+    folder = new_folder(resumed / HYDRA_SUBDIR / RESUMES / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    return str(folder.relative_to(resumed))
+
+
+def remove_resume_attempt(run: str | Path, subdir: str | None) -> None:
+    """Remove a refused resume's `.hydra/resumes/<time>` (Hydra's copy of its config), leaving the run as it was."""
+    parts = Path(subdir or "").parts
+    if len(parts) != 3 or parts[:2] != (HYDRA_SUBDIR, RESUMES):
+        return
+    shutil.rmtree(Path(run, subdir), ignore_errors=True)
+    with contextlib.suppress(OSError):  # left if an earlier resume's record is in it
+        Path(run, HYDRA_SUBDIR, RESUMES).rmdir()
 
 
 def register_resolver() -> None:
-    """Register `run_dir` with OmegaConf (cached per config, as Hydra's `now`: one folder per run or sweep)."""
-    if not OmegaConf.has_resolver("run_dir"):
-        OmegaConf.register_new_resolver("run_dir", run_dir, use_cache=True)
+    """Register `run_dir` and `hydra_subdir` with OmegaConf (cached per config, as Hydra's `now`: one folder
+    per run or sweep)."""
+    for name, resolver in (("run_dir", run_dir), ("hydra_subdir", hydra_subdir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=True)
 
 
 def check_writable(folder: str | Path, what: str) -> None:
@@ -61,15 +103,18 @@ def check_writable(folder: str | Path, what: str) -> None:
         raise PermissionError(f"the {what} {folder} is not a writable folder: {err}") from None
 
 
-def check_checkpoint_file(path: str | Path) -> None:
-    """Refuse a checkpoint to resume from that is missing, empty or not a complete torch archive."""
+def check_checkpoint_file(path: str | Path, option: str = "ckpt_path") -> None:
+    """Refuse a checkpoint that is missing, empty or not a complete torch archive (zip), naming `option`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={path}: no such file")
+        raise FileNotFoundError(f"{option}={path}: no such file")
     if path.stat().st_size == 0:
-        raise ValueError(f"ckpt_path={path}: the file is empty (0 bytes), not a checkpoint")
+        raise ValueError(f"{option}={path}: an empty file (0 bytes), not a checkpoint")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"ckpt_path={path}: not a torch checkpoint archive (truncated or corrupt?)")
+        raise ValueError(
+            f"{option}={path}: not a readable checkpoint: not a torch checkpoint archive (truncated, corrupt, or "
+            "not a checkpoint at all); pass a .ckpt file a training run wrote in <run>/checkpoints/"
+        )
 
 
 def check_run(trainer: L.Trainer, out_dir: str | Path, ckpt_path: str | None) -> None:

@@ -17,6 +17,10 @@ LOG = "train.log"  # the run log's name when Hydra's file handler is not there (
 COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
 
 
+class RunRefused(ValueError):
+    """A run refused before it began (an incompatible resume): its folder is left as it was, no summary."""
+
+
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     """summary.json of a run folder with its `status`: completed, failed, or incomplete (no summary.json)."""
     path = Path(run_dir) / SUMMARY
@@ -59,9 +63,12 @@ def record_failure(run_dir: str | Path, err: BaseException) -> Path:
 
 @contextmanager
 def recorded_failure(run_dir: str | Path) -> Iterator[None]:
-    """Run the body; if it raises, record the failure in run_dir (on rank zero) and re-raise."""
+    """Run the body; if it raises, record the failure in run_dir (on rank zero) and re-raise; a RunRefused
+    is re-raised as it is (the folder may be another run's, which a refused resume must leave untouched)."""
     try:
         yield
+    except RunRefused:
+        raise
     except Exception as err:
         from lightning.fabric.utilities.rank_zero import (
             rank_zero_only,
