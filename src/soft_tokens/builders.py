@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import netrc
 import os
+import socket
+import threading
 from typing import Any
+from urllib.parse import urlparse
 
 import lightning as L
 from hydra.utils import instantiate
@@ -16,6 +19,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from soft_tokens.model_files import check_chat_template
 from soft_tokens.module import SoftTokensModule
 
 
@@ -23,13 +27,17 @@ def build_module(cfg: DictConfig) -> SoftTokensModule:
     """The LightningModule with its model, representer, estimator, reward and prompt from their groups."""
     # A partial first: objects passed as kwargs to instantiate would be turned back into configs.
     make = instantiate(cfg.module, _partial_=True)
-    return make(
+    module = make(
         model=instantiate(cfg.model),
         representer=instantiate(cfg.representer),
         estimator=instantiate(cfg.estimator),
         reward=instantiate(cfg.reward),
         prompt=instantiate(cfg.prompt),
     )
+    check_chat_template(
+        module.format_prompt, str(module.model_cfg.tokenizer or module.model_cfg.name_or_path)
+    )
+    return module
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -88,13 +96,58 @@ class RunWandbLogger(WandbLogger):
 
     def __init__(self, save_dir: str, **kwargs: Any) -> None:
         offline = "WANDB_MODE" not in os.environ and not _wandb_key_set()
+        if not offline and os.environ.get("WANDB_MODE", "online") in ("online", "run"):
+            check_wandb_online()
         super().__init__(save_dir=save_dir, offline=offline, **kwargs)
         self._wandb_init.pop("anonymous", None)  # deprecated in wandb (a warning at every run), unused here
+
+    @property
+    def experiment(self) -> Any:
+        """The W&B run (started on first use); a failure to start it says how to log offline."""
+        try:
+            return super().experiment
+        except Exception as err:
+            if not type(err).__module__.startswith("wandb"):
+                raise
+            raise RuntimeError(f"logger=wandb: W&B could not start its run ({err}); {OFFLINE_HINT}") from err
 
     def finalize(self, status: str) -> None:
         super().finalize(status)
         if self._experiment is not None:
             self._experiment.finish(exit_code=0 if status == "success" else 1)
+
+
+OFFLINE_HINT = (
+    "to train without W&B's server, set WANDB_MODE=offline (runs saved under <run folder>/wandb, "
+    "`wandb sync` them later) or use logger=tensorboard"
+)
+
+
+def check_wandb_online(timeout_s: float = 5.0) -> None:
+    """Raise, saying how to log offline, when W&B would run online without an API key or cannot reach its server."""
+    if not _wandb_key_set():
+        raise RuntimeError(
+            "logger=wandb runs online (WANDB_MODE=online) but no W&B API key is set (WANDB_API_KEY or "
+            f"`wandb login`); {OFFLINE_HINT}"
+        )
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    address = (url.hostname or "", url.port or (80 if url.scheme == "http" else 443))
+    failure: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout_s).close()
+        except OSError as err:
+            failure.append(err)
+
+    probe = threading.Thread(target=connect, daemon=True)  # a thread: name resolution has no timeout
+    probe.start()
+    probe.join(timeout_s)
+    if probe.is_alive() or failure:
+        why = failure[0] if failure else f"no answer in {timeout_s:.0f} s"
+        raise RuntimeError(
+            f"logger=wandb: cannot reach the W&B server {url.geturl()} ({why}); {OFFLINE_HINT}"
+        )
 
 
 def _wandb_key_set() -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,12 @@ from transformers import (
 )
 
 from soft_tokens.lora import LoraSettings
+from soft_tokens.model_files import (
+    ModelNotFound,
+    check_model_folder,
+    check_tokenizer_folder,
+    not_cached,
+)
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPES: dict[str, torch.dtype | str] = {
@@ -52,6 +60,11 @@ class ModelConfig:
         self.lora = LoraSettings.of(self.lora)
         for option in ("name_or_path", "tokenizer", "architecture"):
             check_local_path(getattr(self, option), f"model.{option}")
+        if is_local_path(self.name_or_path) and not (self.random_init and self.architecture):
+            check_model_folder(self.name_or_path, "model.name_or_path", weights=not self.random_init)
+        if is_local_path(self.tokenizer or self.name_or_path):
+            option = "model.tokenizer" if self.tokenizer else "model.name_or_path"
+            check_tokenizer_folder(self.tokenizer or self.name_or_path, option)
 
     @property
     def torch_dtype(self) -> torch.dtype | str:
@@ -61,11 +74,11 @@ class ModelConfig:
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer, left-padded, with a pad token."""
-        tok = AutoTokenizer.from_pretrained(
-            self.tokenizer or self.name_or_path,
-            revision=self.revision,
-            trust_remote_code=self.trust_remote_code,
-        )
+        name = self.tokenizer or self.name_or_path
+        with hub_errors(name, "model.tokenizer" if self.tokenizer else "model.name_or_path"):
+            tok = AutoTokenizer.from_pretrained(
+                name, revision=self.revision, trust_remote_code=self.trust_remote_code
+            )
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = self.pad_token or tok.eos_token
@@ -77,16 +90,18 @@ class ModelConfig:
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         if self.random_init:
-            config = AutoConfig.from_pretrained(self.architecture or self.name_or_path, **kwargs)
+            with hub_errors(self.architecture or self.name_or_path, "model.architecture"):
+                config = AutoConfig.from_pretrained(self.architecture or self.name_or_path, **kwargs)
             for key, value in self.config_overrides.items():
                 setattr(config, key, value)
             model = AutoModelForCausalLM.from_config(
                 config, dtype=self.torch_dtype, trust_remote_code=self.trust_remote_code
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                self.name_or_path, dtype=self.torch_dtype, use_safetensors=True, **kwargs, **self.extra
-            )
+            with hub_errors(self.name_or_path, "model.name_or_path"):
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.name_or_path, dtype=self.torch_dtype, use_safetensors=True, **kwargs, **self.extra
+                )
         if self.untie_embeddings:
             untie_embeddings(model)
         if self.gradient_checkpointing:
@@ -107,11 +122,25 @@ def untie_embeddings(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+def is_local_path(value: str | None) -> bool:
+    """Whether a model name is a local path (hub ids, `org/name`, never start with / . ~ nor nest deeper)."""
+    text = str(value or "")
+    return bool(text) and (text.startswith(("/", "./", "../", "~")) or text.count("/") > 1)
+
+
 def check_local_path(value: str | None, option: str) -> None:
-    """Refuse a local path that does not exist (hub ids, `org/name`, never start with / . ~ nor nest deeper)."""
-    if not value:
-        return
-    text = str(value)
-    local = text.startswith(("/", "./", "../", "~")) or text.count("/") > 1
-    if local and not Path(text).expanduser().exists():
-        raise FileNotFoundError(f"{option}={text}: no such file or folder")
+    """Refuse a local path that does not exist."""
+    if is_local_path(value) and not Path(str(value)).expanduser().exists():
+        raise FileNotFoundError(f"{option}={value}: no such file or folder")
+
+
+@contextmanager
+def hub_errors(name: str, option: str) -> Iterator[None]:
+    """Loading `name`: a hub id that is neither cached nor downloadable is named with what to do."""
+    try:
+        yield
+    except OSError as err:
+        if is_local_path(name) or Path(name).exists():
+            raise
+        cause = err.__cause__ if isinstance(err, ModelNotFound) and err.__cause__ else err  # named once, here
+        raise not_cached(name, option, cause) from cause

@@ -15,7 +15,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from soft_tokens.lora import LoraSettings, is_adapter_state, merge_adapter_state
-from soft_tokens.models import ModelConfig, check_local_path
+from soft_tokens.model_files import check_model_folder
+from soft_tokens.models import ModelConfig, check_local_path, hub_errors
+from soft_tokens.run_folder import check_checkpoint_file
 
 
 def load_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -26,8 +28,7 @@ def load_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
     checkpoints that pickled config dataclasses.
     """
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        raise ValueError(f"{path}: {'an empty file' if path.is_file() else 'no such file'}, not a checkpoint")
+    check_checkpoint_file(path, "checkpoint")  # before torch.load: random bytes are no pickle to judge
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -84,21 +85,17 @@ def load_policy(
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            trained = (ckpt.get("hyper_parameters") or {}).get("model")
             raise RuntimeError(
                 f"{path}: the policy weights do not fit the model built from model.name_or_path="
-                f"{model_cfg.name_or_path} (the checkpoint was trained from {getattr(trained, 'name_or_path', '?')}"
-                "): pass the training run's model config (model=... / model.name_or_path=...)"
+                f"{model_cfg.name_or_path} (the checkpoint was trained from {trained_model(ckpt)}): pass the "
+                "training run's model config (model=... / model.name_or_path=...)"
             ) from err
         return model.eval(), model_cfg.load_tokenizer(), str(path)
     if path.is_dir() and not _is_hf_folder(path) and _is_hf_folder(path / "policy"):
         path = path / "policy"
     if not path.exists():
         return load_hub_policy(model_cfg, str(checkpoint))
-    if not _is_hf_folder(path):
-        raise FileNotFoundError(
-            f"checkpoint={checkpoint}: neither a Lightning .ckpt file nor a Hugging Face model folder"
-        )
+    check_model_folder(path, "checkpoint")  # a Lightning .ckpt file, or else a Hugging Face model folder
     has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     cfg = _with(
         model_cfg,
@@ -116,20 +113,18 @@ def load_hub_policy(
     """A hub model id loaded as from_pretrained loads it (from the Hugging Face cache when offline), its own tokenizer."""
     check_local_path(name, "checkpoint")
     cfg = _with(model_cfg, name_or_path=name, tokenizer=name, random_init=False, revision=None)
-    try:
+    with hub_errors(name, "checkpoint"):
         return cfg.load_model().eval(), cfg.load_tokenizer(), name
-    except OSError as err:
-        from huggingface_hub import constants
 
-        offline = (
-            " (HF_HUB_OFFLINE is set: nothing is downloaded)"
-            if constants.HF_HUB_OFFLINE
-            else " or on the hub"
-        )
-        raise FileNotFoundError(
-            f"checkpoint={name}: no such file or folder, and no model {name!r} in the Hugging Face cache "
-            f"{constants.HF_HUB_CACHE}{offline}. from_pretrained said: {str(err).splitlines()[0]}"
-        ) from err
+
+def trained_model(checkpoint: Mapping[str, Any]) -> str:
+    """The model a checkpoint was trained from, as its hyper-parameters record it (name and LoRA rank)."""
+    trained = (checkpoint.get("hyper_parameters") or {}).get("model")
+    if not isinstance(trained, Mapping):
+        return "a model its hyper-parameters do not name"
+    lora = trained.get("lora") if isinstance(trained.get("lora"), Mapping) else {}
+    rank = f", model.lora.r={lora['r']}" if lora.get("r") else ""
+    return f"model.name_or_path={trained.get('name_or_path')}{rank}"
 
 
 def trained_lora(checkpoint: Mapping[str, Any], model_cfg: ModelConfig) -> LoraSettings:

@@ -32,6 +32,7 @@ from soft_tokens.eval.results import (
     write_results,
 )
 from soft_tokens.eval.solve import EvalSetting, Solutions, build_settings, solve
+from soft_tokens.model_files import check_chat_template
 from soft_tokens.models import ModelConfig
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
 from soft_tokens.seeding import mix_seed
@@ -106,6 +107,7 @@ def run_evaluation(cfg: DictConfig) -> EvalResults:
     rollout_cfg: RolloutConfig = instantiate(cfg.rollout)
     engine = RolloutEngine(tokenizer, rollout_cfg)
     prompt_builder = instantiate(cfg.prompt)
+    check_chat_template(lambda q: prompt_builder(q, tokenizer), described)
     reward = instantiate(cfg.reward)
     settings = build_settings(cfg.settings, cfg.get("only"))
     hook = completion_writer(out_dir, examples, cfg.save_completions) if cfg.save_completions else None
