@@ -17,11 +17,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # multi-threaded steps several times slower (docs/benchmarks.md, "Threads").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Only light imports here: torch and transformers load in main(), after the config's values are checked.
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from soft_tokens.eval.run import run_evaluation
+from soft_tokens.config_types import ConfigTypeError, check_config_types
 from soft_tokens.run_folder import register_resolver
 
 register_resolver()  # run_dir in conf/hydra/default.yaml
@@ -29,6 +29,14 @@ register_resolver()  # run_dir in conf/hydra/default.yaml
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    try:
+        check_config_types(cfg)
+    except ConfigTypeError as err:
+        raise SystemExit(f"config error: {err}") from None  # the message names the key; no traceback
+    import torch
+
+    from soft_tokens.eval.run import run_evaluation
+
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     run_evaluation(cfg)

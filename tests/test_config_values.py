@@ -4,6 +4,9 @@ torch loads, with the key named; LoRA's rank and module names."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,20 @@ def test_lora_target_modules_as_a_bare_string_is_one_module_name(tiny_tokenizer)
         ValueError, match=r"target_modules: 'q_proj\|v_proj' is not a module name.*\[q_proj,v_proj\]"
     ):
         LoraSettings.of({"r": 4, "target_modules": "q_proj|v_proj"})
+
+
+def test_evaluate_checks_values_before_loading_a_model(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = ["settings.soft_sample.representer.tau=0", f"paths.log_dir={tmp_path}"]
+    out = subprocess.run(
+        [sys.executable, "evaluate.py", *args],
+        cwd=CONF.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "config error: config key settings.soft_sample.representer.tau=0: must be > 0" in out.stderr, (
+        out.stderr
+    )
