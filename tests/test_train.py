@@ -46,6 +46,10 @@ def test_train_smoke_writes_run_folder(tmp_path, tiny_model_dir):
         ("hard", "rloo", ["estimator.beta=0.04"]),
         ("gumbel", "rloo", []),
         ("gumbel", "grpo", ["estimator.num_iterations=2", "estimator.beta=0.04"]),
+        # Placed noise (candidate span, forks only), with the clipped ratio and the KL.
+        ("soft", "rloo", ["representer.noise_top_k=3", "representer.noise_min_entropy=0.1"]),
+        ("soft", "grpo", ["representer.noise_top_k=3", "estimator.num_iterations=2", "estimator.beta=0.04"]),
+        ("fuzzy", "rloo", ["representer.noise_min_entropy=0.1", "estimator.beta=0.04"]),
     ],
 )
 def test_train_smoke_other_components(tmp_path, tiny_model_dir, rep, est, extra):

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from soft_tokens.representers.base import Replay, Rng, Step, TokenRepresenter, positive, renamed_tau
+from soft_tokens.representers.noise import PlacedNoise
 
 
 def embedding_rms(embedding: Tensor, block: int = 1 << 22) -> Tensor:
@@ -140,12 +141,21 @@ class SoftRepresenter(TokenRepresenter):
         name: str | None = None,
         embedding_grad: bool = True,
         temperature: float | None = None,
+        noise_top_k: int | None = None,
+        noise_min_entropy: float = 0.0,
     ) -> None:
         super().__init__(greedy=greedy, name=name)
         self.tau = positive("tau", renamed_tau(tau, temperature, type(self).__name__))
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if noise_top_k is not None and noise_top_k < 2:
+            raise ValueError(f"noise_top_k must be >= 2 (or null: isotropic noise), got {noise_top_k}")
+        if noise_min_entropy < 0:
+            raise ValueError(f"noise_min_entropy must be >= 0, got {noise_min_entropy}")
         self.gamma = float(gamma)
+        # docs/method.md, "Noise where the choices are"; None: the paper's isotropic noise at every step
+        placed = noise_top_k is not None or noise_min_entropy > 0
+        self.placed = PlacedNoise(noise_top_k, float(noise_min_entropy), self.gamma) if placed else None
         self.embedding_grad = embedding_grad  # False: the CoT log-density's mixture treats E as a constant
         self._sigma_key: tuple | None = None
         self._sigma = torch.tensor(0.0)
@@ -211,6 +221,9 @@ class SoftRepresenter(TokenRepresenter):
         if self.greedy or self.gamma == 0:
             return Step(embeds=h, ids=ids, logp=torch.zeros(h.shape[:-1], device=h.device))
         sigma = self.sigma(embedding)
+        if self.placed is not None:
+            noise, logp, aux = self.placed.draw(logits, sigma, embedding, generator)
+            return Step(embeds=(h.float() + noise).to(h.dtype), ids=ids, logp=logp, aux=aux)
         eps = torch.randn(h.shape, generator=generator, device=h.device, dtype=torch.float32)
         fed = (h.float() + sigma * eps).to(h.dtype)
         # log N(fed; h, sigma^2 I) evaluated from the noise itself: -|eps|^2 / 2 - d/2 log(2 pi sigma^2).
@@ -230,6 +243,8 @@ class SoftRepresenter(TokenRepresenter):
         if sigma == 0:
             raise ValueError(f"{self!r} has sigma = 0 (gamma = 0): the fed input has no density")
         h = self.mixture(replay.logits, self._grad_embedding(replay.embedding)).float()
+        if self.placed is not None:
+            return self.placed.log_density(replay.fed.float() - h, sigma, replay.embedding, self._aux(replay))
         d = h.shape[-1]
         sq = (replay.fed.float() - h).pow(2).sum(-1)
         return -sq / (2 * sigma**2) - 0.5 * d * math.log(2 * math.pi) - d * torch.log(sigma)
@@ -249,8 +264,19 @@ class SoftRepresenter(TokenRepresenter):
         sigma = self.sigma(replay.embedding)
         h = self.mixture(replay.logits, self._grad_embedding(replay.embedding)).float()
         h_ref = self.mixture(ref.logits, ref.embedding).float().detach()
+        if self.placed is not None:
+            return self.placed.kl(h - h_ref, sigma, replay.embedding, self._aux(replay))
         return (h - h_ref).pow(2).sum(-1) / (2 * sigma**2)
 
+    def _aux(self, replay: Replay) -> dict[str, Tensor]:
+        """The stored aux of placed noise (which steps were noisy, and their candidates), checked."""
+        need = {"noisy"} if self.placed.top_k is None else {"noisy", "noise_ids"}
+        if replay.aux is None or not need <= replay.aux.keys():
+            raise ValueError(f"{self!r} needs the rollout's aux tensors {sorted(need)} to score a step")
+        return replay.aux
+
     def knobs(self) -> str:
-        """tau and gamma."""
-        return f", tau={self.tau}, gamma={self.gamma}"
+        """tau, gamma and where the noise goes."""
+        placed = "" if self.placed is None else f", noise_top_k={self.placed.top_k}"
+        placed += "" if self.placed is None else f", noise_min_entropy={self.placed.min_entropy}"
+        return f", tau={self.tau}, gamma={self.gamma}{placed}"
