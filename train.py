@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from soft_tokens.config_types import ConfigTypeError, check_config_types
-from soft_tokens.run_folder import check_run, register_resolver, remove_resume_attempt
+from soft_tokens.run_folder import check_run, register_resolver, remove_refused_attempt
 from soft_tokens.run_summary import RunRefused, recorded_failure
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def main(cfg: DictConfig) -> None:
         ):  # a failed run: traceback in its log, summary.json failed
             train(cfg)
     except RunRefused as err:
-        remove_resume_attempt(HydraConfig.get().runtime.output_dir, HydraConfig.get().output_subdir)
+        remove_refused_attempt(HydraConfig.get().runtime.output_dir, HydraConfig.get().output_subdir)
         raise SystemExit(f"resume refused: {err}") from None
 
 

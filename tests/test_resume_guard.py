@@ -123,3 +123,14 @@ def test_checkpoint_of_another_model_names_both_models(run, tmp_path, tiny_model
     with pytest.raises(ValueError, match="model.lora.r: None -> 2"):  # full weights resumed as LoRA
         train_script.train(cfg)
     assert not (tmp_path / "new").exists()
+
+
+def test_refused_fork_leaves_no_folder(run, tmp_path):
+    ckpt = run / "checkpoints" / "last.ckpt"
+    args = [*RUN, "fork=true", "model.lora.r=4", f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode != 0 and "a fork keeps" in out.stderr, out.stderr
+    assert not list((tmp_path / "train" / "runs").iterdir())

@@ -74,14 +74,16 @@ def hydra_subdir(ckpt_path: str | None = None, fork: bool = False) -> str:
     return str(folder.relative_to(resumed))
 
 
-def remove_resume_attempt(run: str | Path, subdir: str | None) -> None:
-    """Remove a refused resume's `.hydra/resumes/<time>` (Hydra's copy of its config), leaving the run as it was."""
+def remove_refused_attempt(run: str | Path, subdir: str | None) -> None:
+    """Undo what Hydra wrote for a refused resume or fork: a resume's `.hydra/resumes/<time>`, or a fork's new
+    folder when it holds nothing else than its `.hydra/`; the run's own files are left as they were."""
     parts = Path(subdir or "").parts
-    if len(parts) != 3 or parts[:2] != (HYDRA_SUBDIR, RESUMES):
-        return
-    shutil.rmtree(Path(run, subdir), ignore_errors=True)
-    with contextlib.suppress(OSError):  # left if an earlier resume's record is in it
-        Path(run, HYDRA_SUBDIR, RESUMES).rmdir()
+    if len(parts) == 3 and parts[:2] == (HYDRA_SUBDIR, RESUMES):
+        shutil.rmtree(Path(run, subdir), ignore_errors=True)
+        with contextlib.suppress(OSError):  # left if an earlier resume's record is in it
+            Path(run, HYDRA_SUBDIR, RESUMES).rmdir()
+    elif parts == (HYDRA_SUBDIR,) and {p.name for p in Path(run).iterdir()} <= {HYDRA_SUBDIR}:
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def register_resolver() -> None:
