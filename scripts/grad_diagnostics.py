@@ -9,6 +9,13 @@ their ratio is the signal-to-noise of one batch (docs/continuous_rl_study.md, "G
 
     python scripts/grad_diagnostics.py --representers hard,soft,fuzzy --B 8 --G 8
     python scripts/grad_diagnostics.py --representers hard,soft,fuzzy --B 16 --G 8 --snr 8
+    python scripts/grad_diagnostics.py --representers hard,soft --snr 16 --prompt-seeds 0,1 \
+        --answer-temperature 1.0 --noise-top-k 4 --noise-min-entropy 0.3 --gammas 0.5
+
+With `--snr`, each SNR comes with a 90% bootstrap interval over the K batches (pairs of the same batch
+left out of each resample), each prompt set (`--prompt-seeds`) gets its own rows, and the CoT's forks are
+counted: the share of CoT steps whose next-token entropy (temperature 1) is at least 0.1 / 0.3 / 1 nat,
+the distinct CoTs per group (shadow-token text) and the share of groups with any reward variance.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from soft_tokens.data.arith import generate_split
 from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.estimators import RLOO
-from soft_tokens.logprobs import rollout_log_probs
+from soft_tokens.logprobs import hidden_states, rollout_log_probs
 from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rewards import MathReward
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
@@ -35,12 +42,18 @@ SAMPLING_TEMPERATURE = (
 )
 
 
-def build(name: str, gamma: float, fuzzy_temperature: float = 1e-4):
-    """hard (at temperature 0.7, the embedded default), soft (tau 0.5) or fuzzy at noise scale gamma."""
+def build(name: str, gamma: float, args: argparse.Namespace):
+    """hard (at the answer temperature), soft (tau 0.5) or fuzzy at noise scale gamma, placed as asked."""
     if name == "hard":
-        return HardRepresenter(temperature=SAMPLING_TEMPERATURE)
-    tau = 0.5 if name == "soft" else fuzzy_temperature
-    return SoftRepresenter(temperature=tau, gamma=gamma, name=name)
+        return HardRepresenter(temperature=args.answer_temperature)
+    tau = 0.5 if name == "soft" else args.fuzzy_temperature
+    return SoftRepresenter(
+        tau,
+        gamma=gamma,
+        name=name,
+        noise_top_k=args.noise_top_k,
+        noise_min_entropy=args.noise_min_entropy,
+    )
 
 
 def grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
@@ -57,111 +70,167 @@ def flat_grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Te
     )
 
 
+def gram_snr(gram: torch.Tensor, idx: torch.Tensor | None = None) -> float:
+    """|s|^2 / E|n|^2 from the Gram matrix of K estimates (or of the resample `idx`: pairs of the same
+    original batch left out of the signal, which needs independent pairs)."""
+    idx = torch.arange(gram.shape[0]) if idx is None else idx
+    sub = gram[idx][:, idx]
+    off = idx[:, None] != idx[None, :]
+    if not bool(off.any()):  # a resample of one batch only
+        return float("nan")
+    signal2 = float(sub[off].mean())  # E[g_i . g_j] = |s|^2 for independent estimates
+    noise2 = float(sub.diagonal().mean()) - signal2  # E|g|^2 - |s|^2 = E|n|^2
+    return signal2 / noise2 if noise2 > 0 else float("inf")
+
+
+def bootstrap_interval(gram: torch.Tensor, draws: int = 1000, level: float = 0.9) -> tuple[float, float]:
+    """Percentile bootstrap interval of `gram_snr` over resamples of the K batches."""
+    K = gram.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    vals = torch.tensor([gram_snr(gram, torch.randint(K, (K,), generator=gen)) for _ in range(draws)])
+    vals = vals[torch.isfinite(vals)]
+    if len(vals) == 0:  # no signal or no noise in any resample (e.g. no reward variance at all)
+        return float("nan"), float("nan")
+    lo, hi = torch.quantile(vals.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2]).double())
+    return float(lo), float(hi)
+
+
 def snr_stats(estimates: torch.Tensor, rollouts_per_estimate: int) -> dict[str, float]:
     """Signal and noise of K independent gradient estimates [K, P] of one expected gradient."""
     K = estimates.shape[0]
     gram = estimates.double() @ estimates.double().T
     off = ~torch.eye(K, dtype=torch.bool)
-    signal2 = float(gram[off].mean())  # E[g_i . g_j] = |s|^2 for independent estimates
-    noise2 = float(gram.diagonal().mean()) - signal2  # E|g|^2 - |s|^2 = E|n|^2
+    signal2 = float(gram[off].mean())
+    noise2 = float(gram.diagonal().mean()) - signal2
     norms = gram.diagonal().sqrt()
     cos = gram / (norms[:, None] * norms[None, :]).clamp(min=1e-30)
-    snr = signal2 / noise2 if noise2 > 0 else float("inf")
+    lo, hi = bootstrap_interval(gram)
     # Rollouts for an estimate whose cosine with s is 0.5: |s|^2 / (|s|^2 + E|n|^2 / n) = 1/4.
     need = 3 * noise2 / signal2 * rollouts_per_estimate if signal2 > 0 else float("inf")
     return {
         "grad_norm": float(norms.mean()),
-        "snr": snr,
+        "snr": gram_snr(gram),
+        "snr_90ci": [lo, hi],
         "pair_cosine": float(cos[off].mean()),
         "rollouts_for_cosine_0.5": need,
     }
 
 
-def snr_rows(model, engine, rep, prompts, golds, args) -> list[dict]:
+def fork_stats(model, ro, rewards: torch.Tensor, G: int) -> dict[str, float]:
+    """Forks of one batch: the share of CoT steps at entropy >= 0.1 / 0.3 / 1 nat (next token, temperature
+    1), distinct CoTs (shadow text) per group, share of groups with reward variance."""
+    with torch.no_grad():
+        logits = model.get_output_embeddings()(hidden_states(model, ro))
+    logp = torch.log_softmax(logits.float(), -1)
+    ent = -(logp.exp() * logp).sum(-1)[ro.cot_mask]
+    groups = [ro.cot_texts[i : i + G] for i in range(0, len(ro.cot_texts), G)]
+    return {
+        **{f"steps_entropy_ge_{t}": float((ent >= t).float().mean()) for t in (0.1, 0.3, 1.0)},
+        "distinct_cots_per_group": sum(len(set(g)) for g in groups) / len(groups),
+        "groups_with_reward_variance": float((rewards.view(-1, G).std(-1) > 0).float().mean()),
+    }
+
+
+def snr_rows(model, engine, rep, prompts, golds, args, tag: dict) -> list[dict]:
     """K independent RLOO gradient estimates on the same prompts -> SNR of each term and parameter group."""
     params = [q for q in model.parameters() if q.requires_grad]
     E = model.get_input_embeddings().weight
     is_e = torch.cat([torch.full((q.numel(),), q is E) for q in params])
     reward, est = MathReward(), RLOO()
     terms: dict[str, list[torch.Tensor]] = {"cot": [], "answer": []}
-    rewards_seen = []
+    rewards_seen, forks = [], []
     for k in range(args.snr):
         model.eval()
         gen = torch.Generator().manual_seed(args.seed * 1_000 + k)
         ro = engine.generate(model, prompts, rep, generator=gen)
         rewards, _ = reward.score_batch(ro.completions, golds)
         rewards_seen.append(float(rewards.mean()))
+        forks.append(fork_stats(model, ro, rewards, args.G))
         adv = est.advantages(rewards.view(args.B, args.G)).view(-1)
         model.train()
         lp = rollout_log_probs(model, ro, rep)
         terms["cot"].append(flat_grads(est.loss(lp.logp, adv, ro.cot_mask)[0], params))
         terms["answer"].append(flat_grads(est.loss(lp.logp, adv, ro.answer_mask)[0], params))
     terms["total"] = [c + a for c, a in zip(terms["cot"], terms["answer"])]
+    fork_means = {key: sum(f[key] for f in forks) / len(forks) for key in forks[0]}
     rows = []
     for term, gs in terms.items():
         g = torch.stack(gs)
         for group, cols in (("all", slice(None)), ("E", is_e), ("body", ~is_e)):
-            row = {
-                "representer": rep.name,
-                "term": term,
-                "params": group,
-                "reward_mean": sum(rewards_seen) / len(gs),
-            }
+            row = {"representer": rep.name, **tag, "term": term, "params": group}
+            row["reward_mean"] = sum(rewards_seen) / len(gs)
             row.update(snr_stats(g[:, cols], args.B * args.G))
+            row.update(fork_means)
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__)
+def one_batch_row(model, engine, rep, prompts, golds, args, tag: dict) -> dict:
+    """Gradient norms and per-step log-prob scale of the CoT and answer terms on one batch."""
+    params = [q for q in model.parameters() if q.requires_grad]
+    reward, est = MathReward(), RLOO()
+    model.eval()
+    ro = engine.generate(model, prompts, rep, generator=torch.Generator().manual_seed(args.seed))
+    rewards, _ = reward.score_batch(ro.completions, golds)
+    adv = est.advantages(rewards.view(args.B, args.G)).view(-1)
+    model.train()
+    lp = rollout_log_probs(model, ro, rep)
+    cot, ans = est.loss(lp.logp, adv, ro.cot_mask)[0], est.loss(lp.logp, adv, ro.answer_mask)[0]
+    row = {
+        "representer": rep.name,
+        **tag,
+        "reward_mean": float(rewards.mean()),
+        "cot_logp_per_step": float(lp.logp[ro.cot_mask].mean()),
+        "answer_logp_per_step": float(lp.logp[ro.answer_mask].mean()),
+        "grad_norm_cot": grad_norm(cot, params),
+        "grad_norm_answer": grad_norm(ans, params),
+        **fork_stats(model, ro, rewards, args.G),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="assets/embedded")
     p.add_argument("--representers", default="hard,soft,fuzzy")
     p.add_argument("--B", type=int, default=8)
     p.add_argument("--G", type=int, default=8)
     p.add_argument("--max-cot", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the rollouts' noise")
+    p.add_argument("--prompt-seeds", default=None, help="comma list of prompt sets (default: --seed)")
     p.add_argument("--gammas", default="0.33", help="comma list of noise scales for soft/fuzzy")
     p.add_argument("--snr", type=int, default=0, help="K >= 2: signal-to-noise from K independent batches")
     p.add_argument("--fuzzy-temperature", type=float, default=1e-4)
-    args = p.parse_args(argv)
+    p.add_argument("--answer-temperature", type=float, default=SAMPLING_TEMPERATURE)
+    p.add_argument("--noise-top-k", type=int, default=None, help="soft/fuzzy noise in the top-k span")
+    p.add_argument("--noise-min-entropy", type=float, default=0.0, help="noise only at forks (nats)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse(argv)
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
-    params = [q for q in model.parameters() if q.requires_grad]
-    examples = generate_split("train", args.B, args.seed)
-    prompt = PromptBuilder("compact")
-    prompts = [prompt(e.question) for e in examples for _ in range(args.G)]
-    golds = [e.answer for e in examples for _ in range(args.G)]
     engine = RolloutEngine(
-        tok, RolloutConfig(max_cot_tokens=args.max_cot, answer_temperature=SAMPLING_TEMPERATURE)
+        tok, RolloutConfig(max_cot_tokens=args.max_cot, answer_temperature=args.answer_temperature)
     )
-    reward, est = MathReward(), RLOO()
-    out = []
+    prompt, out = PromptBuilder("compact"), []
     runs = [(n, float(g)) for n in args.representers.split(",") for g in args.gammas.split(",")]
-    for name, gamma in dict.fromkeys((n, 0.0 if n == "hard" else g) for n, g in runs):
-        rep = build(name, gamma, args.fuzzy_temperature)
-        if args.snr >= 2:
-            out += snr_rows(model, engine, rep, prompts, golds, args)
-            continue
-        model.eval()
-        ro = engine.generate(model, prompts, rep, generator=torch.Generator().manual_seed(args.seed))
-        rewards, _ = reward.score_batch(ro.completions, golds)
-        adv = est.advantages(rewards.view(args.B, args.G)).view(-1)
-        model.train()
-        lp = rollout_log_probs(model, ro, rep)
-        cot, ans = est.loss(lp.logp, adv, ro.cot_mask)[0], est.loss(lp.logp, adv, ro.answer_mask)[0]
-        row = {
-            "representer": name,
-            "gamma": gamma,
-            "reward_mean": float(rewards.mean()),
-            "cot_logp_per_step": float(lp.logp[ro.cot_mask].mean()),
-            "answer_logp_per_step": float(lp.logp[ro.answer_mask].mean()),
-            "grad_norm_cot": grad_norm(cot, params),
-            "grad_norm_answer": grad_norm(ans, params),
-        }
-        print(json.dumps(row), flush=True)
-        out.append(row)
+    for prompt_seed in [int(x) for x in (args.prompt_seeds or str(args.seed)).split(",")]:
+        examples = generate_split("train", args.B, prompt_seed)
+        prompts = [prompt(e.question) for e in examples for _ in range(args.G)]
+        golds = [e.answer for e in examples for _ in range(args.G)]
+        for name, gamma in dict.fromkeys((n, 0.0 if n == "hard" else g) for n, g in runs):
+            rep = build(name, gamma, args)
+            tag = {"gamma": gamma, "prompt_seed": prompt_seed, "noise_top_k": args.noise_top_k}
+            tag.update(noise_min_entropy=args.noise_min_entropy, answer_temperature=args.answer_temperature)
+            if args.snr >= 2:
+                out += snr_rows(model, engine, rep, prompts, golds, args, tag)
+            else:
+                out.append(one_batch_row(model, engine, rep, prompts, golds, args, tag))
     return out
 
 
