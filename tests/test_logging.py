@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,8 +82,13 @@ def test_wandb_logger_offline_without_a_key(tmp_path, tiny_model_dir, monkeypatc
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     assert RunWandbLogger(save_dir=str(tmp_path))._offline
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert not RunWandbLogger(save_dir=str(tmp_path))._offline
+    with socket.create_server(("127.0.0.1", 0)) as server:  # a reachable "W&B server": online is checked
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert not RunWandbLogger(save_dir=str(tmp_path))._offline
+    with pytest.raises(RuntimeError, match="cannot reach the W&B server .*WANDB_MODE=offline"):
+        RunWandbLogger(save_dir=str(tmp_path))  # the server is gone
     monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.delenv("WANDB_BASE_URL")
 
     run = tmp_path / "run"
     cfg = compose_train(
