@@ -52,6 +52,8 @@ RANGES: dict[str, str] = {
     "representer.temperature": "> 0",
     "representer.tau": "> 0",
     "representer.gamma": ">= 0",
+    "representer.noise_top_k": ">= 2",
+    "representer.noise_min_entropy": ">= 0",
     "representer.top_k": ">= 1",
     "representer.top_p": "(0, 1]",
     "representer.min_p": "[0, 1]",
