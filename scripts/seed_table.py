@@ -1,0 +1,77 @@
+"""Methods side by side over seeds: hard-greedy pass@1 and sampled pass@k of each run's evaluation.
+
+Each `--group LABEL=DIR[,DIR...]` names the `evaluate.py` output folders (results.json) of one method's
+seeds. A row per method: the per-seed scores, their mean and the standard error of that mean over seeds
+(sd / sqrt(n)), and the mean of the runs' own standard errors over the test problems.
+
+    python scripts/seed_table.py --group hard=outputs/eval/hard_s0,outputs/eval/hard_s1 \
+        --group soft=outputs/eval/soft_s0,outputs/eval/soft_s1 --k 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from soft_tokens.markdown import markdown_table
+
+
+def score(results: dict, setting: str, k: int) -> tuple[float, float] | None:
+    """(pass@k in %, its standard error over the problems in %) of one setting of a results.json, or None."""
+    for s in results["settings"]:
+        if s["name"] == setting and str(k) in s["pass_at_k"]:
+            p, n = s["pass_at_k"][str(k)], s["n_problems"]
+            se = s.get("pass_at_k_se", {}).get(str(k), math.sqrt(p * (1 - p) / n))
+            return 100 * p, 100 * se
+    return None
+
+
+def summary(values: list[tuple[float, float]]) -> str:
+    """'m ± se (seeds: a / b / c; per-run SE s)' for per-seed (score, SE) pairs."""
+    scores = [v for v, _ in values]
+    mean = statistics.fmean(scores)
+    se = statistics.stdev(scores) / math.sqrt(len(scores)) if len(scores) > 1 else float("nan")
+    seeds = " / ".join(f"{v:.1f}" for v in scores)
+    return f"{mean:.1f} ± {se:.1f} ({seeds}; per-run SE {statistics.fmean(e for _, e in values):.1f})"
+
+
+def rows(groups: list[str], k: int) -> list[list[str]]:
+    """One table row per `LABEL=DIR,...` group."""
+    out = []
+    for group in groups:
+        label, dirs = group.split("=", 1)
+        results = [json.loads((Path(d) / "results.json").read_text()) for d in dirs.split(",")]
+        greedy = [score(r, "hard_greedy", 1) for r in results]
+        sample = [score(r, "hard_sample", k) for r in results]
+        n = {r["n_problems"] for r in results}
+        out.append(
+            [
+                label,
+                str(len(results)),
+                "/".join(map(str, sorted(n))),
+                summary([g for g in greedy if g]) if all(greedy) else "-",
+                summary([s for s in sample if s]) if all(sample) else "-",
+            ]
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--group", action="append", required=True, help="LABEL=DIR[,DIR...] evaluate.py folders")
+    p.add_argument("--k", type=int, default=32, help="k of the sampled pass@k column")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    head = ["method", "seeds", "test problems", "hard greedy pass@1 (%)", f"hard sample pass@{args.k} (%)"]
+    text = markdown_table(head, rows(args.group, args.k))
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
