@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 import soft_tokens.module as module_mod
 from soft_tokens.logprobs import StepLogProbs, input_embeds
 from soft_tokens.module import SoftTokensModule
+from soft_tokens.representers import Replay
 from soft_tokens.rollout import Rollout
 
 # What a short fit on one in-memory batch always says (train.py hides the last two as well).
@@ -37,7 +38,7 @@ def naive_log_probs(model, ro: Rollout, rep) -> torch.Tensor:
     logp_all = torch.log_softmax(logits / ro.answer_temperature, dim=-1)  # [N, S, V] float32
     logp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     E = model.get_input_embeddings().weight
-    cot = rep.log_prob(logits, ro.fed, ids, E)  # the representer on every position, [N, S]
+    cot = rep.log_prob(Replay(logits, ro.fed, ids, E))  # the representer on every position, [N, S]
     logp = torch.where(ro.cot_mask, cot, logp)
     return logp * ro.gen_mask
 

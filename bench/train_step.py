@@ -118,7 +118,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def build_module(args, name: str, model, tokenizer_dir: Path) -> SoftTokensModule:
     """The module for representer `name`, its policy the given model (shared by every variant)."""
     module = SoftTokensModule(
-        model=ModelConfig(name_or_path=str(tokenizer_dir), dtype=args.dtype),
+        model=ModelConfig(name_or_path=str(tokenizer_dir), dtype=args.dtype, random_init=True),
         representer=REPRESENTERS[name](),
         estimator=RLOO(),
         reward=RandomReward(args.seed),
@@ -139,6 +139,7 @@ def build(args, device: torch.device, folder: Path) -> tuple[torch.nn.Module, di
     """The Qwen-shaped model (train mode) and one module per representer around it."""
     model, tok = qwen_shaped(args.layers, args.vocab, TORCH_DTYPES[args.dtype], device, args.seed)
     without_eos(tok).save_pretrained(folder)  # no row ends early: the rollouts all have the same length
+    model.config.save_pretrained(folder)  # a model folder (config.json) whose weights are never loaded
     modules = {name: build_module(args, name, model.train(), folder) for name in args.representers.split(",")}
     return model, modules
 
