@@ -1,7 +1,7 @@
 """Methods side by side over seeds: hard-greedy pass@1 and sampled pass@k of each run's evaluation.
 
 Each `--group LABEL=DIR[,DIR...]` names the `evaluate.py` output folders (results.json) of one method's
-seeds. A row per method: the per-seed scores, their mean and the standard error of that mean over seeds
+seeds; a seed evaluated in two runs (greedy on the whole test split, sampling on part of it) is `DIR1+DIR2`. A row per method: the per-seed scores, their mean and the standard error of that mean over seeds
 (sd / sqrt(n)), and the mean of the runs' own standard errors over the test problems.
 
     python scripts/seed_table.py --group hard=outputs/eval/hard_s0,outputs/eval/hard_s1 \
@@ -29,6 +29,12 @@ def score(results: dict, setting: str, k: int) -> tuple[float, float] | None:
     return None
 
 
+def merged(dirs: list[str]) -> dict:
+    """The settings of several results.json files of one model as one results dict."""
+    parts = [json.loads((Path(d) / "results.json").read_text()) for d in dirs]
+    return {"settings": [s for p in parts for s in p["settings"]], "n_problems": parts[0]["n_problems"]}
+
+
 def summary(values: list[tuple[float, float]]) -> str:
     """'m ± se (seeds: a / b / c; per-run SE s)' for per-seed (score, SE) pairs."""
     scores = [v for v, _ in values]
@@ -43,10 +49,10 @@ def rows(groups: list[str], k: int) -> list[list[str]]:
     out = []
     for group in groups:
         label, dirs = group.split("=", 1)
-        results = [json.loads((Path(d) / "results.json").read_text()) for d in dirs.split(",")]
+        results = [merged(seed.split("+")) for seed in dirs.split(",")]
         greedy = [score(r, "hard_greedy", 1) for r in results]
         sample = [score(r, "hard_sample", k) for r in results]
-        n = {r["n_problems"] for r in results}
+        n = {s["n_problems"] for r in results for s in r["settings"]}
         out.append(
             [
                 label,

@@ -25,3 +25,10 @@ def test_mean_and_standard_error_over_seeds_by_hand(tmp_path):
         "| hard | 2 | 500 | 45.0 ± 5.0 (40.0 / 50.0; per-run SE 2.0) | 92.0 ± 2.0 (90.0 / 94.0; per-run SE 1.2) |"
         in text
     )
+
+
+def test_a_seed_split_over_two_evaluations(tmp_path):
+    a = _results(tmp_path / "a", 0.40, 0.90)
+    b = _results(tmp_path / "b", 0.50, 0.94)
+    text = seed_table.main(["--group", f"hard={a}+{b}"])
+    assert "| hard | 1 | 500 | 40.0 ± nan (40.0; per-run SE 2.0) |" in text  # the first file's setting counts
