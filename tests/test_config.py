@@ -95,14 +95,20 @@ def test_paper_presets_build_at_reduced_size(name):
     assert logits.shape == (1, 3, arch.vocab_size)
 
 
-@pytest.mark.parametrize("name,rep,tau", [("embedded_soft", "soft", 0.5), ("embedded_fuzzy", "fuzzy", 0.1)])
-def test_embedded_study_experiments_compose(name, rep, tau):
-    cfg = compose_train([f"experiment={name}", "paths.output_dir=/tmp/x"])
+def test_embedded_soft_experiment_differs_from_the_default_in_the_noise_only():
+    cfg = compose_train(["experiment=embedded_soft", "paths.output_dir=/tmp/x"])
     default = compose_train(["paths.output_dir=/tmp/x"])
-    assert cfg.representer.name == rep and cfg.representer.tau == tau and cfg.task_name == name
+    assert cfg.representer.name == "soft" and cfg.representer.tau == 0.5 and cfg.task_name == "embedded_soft"
     assert cfg.representer.noise_top_k == 2 and cfg.representer.noise_min_entropy == 0.3
     assert cfg.representer.gamma == 0.25 and cfg.model.name_or_path.endswith("embedded")
     # everything else as the hard default (matched comparison: docs/continuous_rl_study.md, round 4)
     assert cfg.sampling_temperature == default.sampling_temperature
     for key in ("module", "estimator", "data", "trainer"):
         assert OmegaConf.to_container(cfg[key]) == OmegaConf.to_container(default[key]), key
+
+
+def test_embedded_fuzzy_experiment_trains_the_answer_tokens_only():
+    cfg = compose_train(["experiment=embedded_fuzzy", "paths.output_dir=/tmp/x"])
+    assert cfg.representer.name == "fuzzy" and cfg.module.freeze_embeddings
+    assert cfg.module.samples_per_prompt == 16 and cfg.module.optim.lr == 3e-5
+    assert cfg.module.cot_grad_weight == 0.0 and cfg.estimator.beta == 0.0
