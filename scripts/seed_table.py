@@ -36,10 +36,12 @@ def merged(dirs: list[str]) -> dict:
 
 
 def summary(values: list[tuple[float, float]]) -> str:
-    """'m ± se (seeds: a / b / c; per-run SE s)' for per-seed (score, SE) pairs."""
+    """'m ± se (a / b / c; per-run SE s)' for per-seed (score, SE) pairs (a single run: its own SE)."""
     scores = [v for v, _ in values]
+    if len(scores) == 1:
+        return f"{scores[0]:.1f} (one run; its SE {values[0][1]:.1f})"
     mean = statistics.fmean(scores)
-    se = statistics.stdev(scores) / math.sqrt(len(scores)) if len(scores) > 1 else float("nan")
+    se = statistics.stdev(scores) / math.sqrt(len(scores))
     seeds = " / ".join(f"{v:.1f}" for v in scores)
     return f"{mean:.1f} ± {se:.1f} ({seeds}; per-run SE {statistics.fmean(e for _, e in values):.1f})"
 
