@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from soft_tokens.data.arith import generate_split
 from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.estimators import RLOO
+from soft_tokens.estimators.control_variate import noisy_steps, weighted_loo_advantages
 from soft_tokens.logprobs import hidden_states, rollout_log_probs
 from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rewards import MathReward
@@ -137,7 +138,7 @@ def snr_rows(model, engine, rep, prompts, golds, args, tag: dict) -> list[dict]:
     E = model.get_input_embeddings().weight
     is_e = torch.cat([torch.full((q.numel(),), q is E) for q in params])
     reward, est = MathReward(), RLOO()
-    terms: dict[str, list[torch.Tensor]] = {"cot": [], "answer": []}
+    terms: dict[str, list[torch.Tensor]] = {"cot": [], "answer": [], "cot_cv": []}
     rewards_seen, forks = [], []
     for k in range(args.snr):
         model.eval()
@@ -151,7 +152,15 @@ def snr_rows(model, engine, rep, prompts, golds, args, tag: dict) -> list[dict]:
         lp = rollout_log_probs(model, ro, rep)
         terms["cot"].append(flat_grads(est.loss(lp.logp, adv, ro.cot_mask)[0], params))
         terms["answer"].append(flat_grads(est.loss(lp.logp, adv, ro.answer_mask)[0], params))
+        if args.control_variate and rep.name != "hard":
+            w = noisy_steps(ro.cot_mask, ro.aux).view(args.B, args.G)
+            adv_cv = weighted_loo_advantages(rewards.view(args.B, args.G), w).view(-1)
+            terms["cot_cv"].append(flat_grads(est.loss(lp.logp, adv_cv, ro.cot_mask)[0], params))
     terms["total"] = [c + a for c, a in zip(terms["cot"], terms["answer"])]
+    if terms["cot_cv"]:
+        terms["total_cv"] = [c + a for c, a in zip(terms["cot_cv"], terms["answer"])]
+    else:
+        del terms["cot_cv"]
     fork_means = {key: sum(f[key] for f in forks) / len(forks) for key in forks[0]}
     rows = []
     for term, gs in terms.items():
@@ -206,6 +215,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--answer-temperature", type=float, default=SAMPLING_TEMPERATURE)
     p.add_argument("--noise-top-k", type=int, default=None, help="soft/fuzzy noise in the top-k span")
     p.add_argument("--noise-min-entropy", type=float, default=0.0, help="noise only at forks (nats)")
+    p.add_argument(
+        "--control-variate",
+        action="store_true",
+        help="also the CoT term with the score-weighted baseline (soft_tokens/estimators/control_variate.py)",
+    )
     return p.parse_args(argv)
 
 

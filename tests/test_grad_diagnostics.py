@@ -39,6 +39,7 @@ def test_tiny_run_reports_snr_interval_and_forks(tiny_model_dir, capsys):
             "0,1",
             "--noise-top-k",
             "3",
+            "--control-variate",
         ]
     )
     assert {r["prompt_seed"] for r in rows} == {0, 1} and {r["representer"] for r in rows} == {"hard", "soft"}
@@ -46,3 +47,5 @@ def test_tiny_run_reports_snr_interval_and_forks(tiny_model_dir, capsys):
     assert len(row["snr_90ci"]) == 2 and 0 <= row["steps_entropy_ge_0.1"] <= 1
     assert 1 <= row["distinct_cots_per_group"] <= 2 and 0 <= row["groups_with_reward_variance"] <= 1
     assert rows[-1]["noise_top_k"] == 3
+    terms = {(r["representer"], r["term"]) for r in rows}
+    assert ("soft", "cot_cv") in terms and ("soft", "total_cv") in terms and ("hard", "cot_cv") not in terms
