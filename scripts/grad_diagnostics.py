@@ -16,6 +16,8 @@ With `--snr`, each SNR comes with a 90% bootstrap interval over the K batches (p
 left out of each resample), each prompt set (`--prompt-seeds`) gets its own rows, and the CoT's forks are
 counted: the share of CoT steps whose next-token entropy (temperature 1) is at least 0.1 / 0.3 / 1 nat,
 the distinct CoTs per group (shadow-token text) and the share of groups with any reward variance.
+`--control-variate` adds, on the same batches, the CoT term with the score-weighted leave-one-out baseline
+(soft_tokens/estimators/control_variate.py) in place of RLOO's (terms `cot_cv`, `total_cv`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from soft_tokens.data.arith import generate_split
 from soft_tokens.data.prompts import PromptBuilder
@@ -223,20 +225,29 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = parse(argv)
+def load(args: argparse.Namespace) -> tuple[PreTrainedModel, RolloutEngine]:
+    """The model of `--model` (one torch thread) and its rollout engine."""
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    engine = RolloutEngine(
-        tok, RolloutConfig(max_cot_tokens=args.max_cot, answer_temperature=args.answer_temperature)
-    )
-    prompt, out = PromptBuilder("compact"), []
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    cfg = RolloutConfig(max_cot_tokens=args.max_cot, answer_temperature=args.answer_temperature)
+    return model, RolloutEngine(tok, cfg)
+
+
+def prompt_batch(B: int, G: int, prompt_seed: int) -> tuple[list[str], list[str]]:
+    """B train problems of the embedded task, each repeated G times, and their gold answers."""
+    prompt = PromptBuilder("compact")
+    examples = [e for e in generate_split("train", B, prompt_seed) for _ in range(G)]
+    return [prompt(e.question) for e in examples], [e.answer for e in examples]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse(argv)
+    model, engine = load(args)
+    out = []
     runs = [(n, float(g)) for n in args.representers.split(",") for g in args.gammas.split(",")]
     for prompt_seed in [int(x) for x in (args.prompt_seeds or str(args.seed)).split(",")]:
-        examples = generate_split("train", args.B, prompt_seed)
-        prompts = [prompt(e.question) for e in examples for _ in range(args.G)]
-        golds = [e.answer for e in examples for _ in range(args.G)]
+        prompts, golds = prompt_batch(args.B, args.G, prompt_seed)
         for name, gamma in dict.fromkeys((n, 0.0 if n == "hard" else g) for n, g in runs):
             rep = build(name, gamma, args)
             tag = {"gamma": gamma, "prompt_seed": prompt_seed, "noise_top_k": args.noise_top_k}
