@@ -6,8 +6,16 @@ import math
 
 import pytest
 import torch
-from helpers import PROMPTS, central_diff, gen, make
-from numerics import decode_logit_differences, gumbel_tolerance, record_decode_logits, teacher_forced_logits
+from helpers import PROMPTS, central_diff, compose_train, gen, make
+from hydra.utils import instantiate
+from numerics import (
+    U,
+    decode_logit_differences,
+    gumbel_tolerance,
+    record_decode_logits,
+    teacher_forced_logits,
+)
+from omegaconf import OmegaConf
 from torch.distributions import Gumbel
 
 from soft_tokens.logprobs import rollout_log_probs
@@ -18,7 +26,8 @@ from soft_tokens.representers import (
     Replay,
     SoftThinkingRepresenter,
 )
-from soft_tokens.representers.sampling import entropy_of
+from soft_tokens.representers.gumbel import top_p_keep
+from soft_tokens.representers.sampling import entropy_of, weighted_rows
 from soft_tokens.representers.soft_thinking import filtered_top_k
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
 
@@ -137,6 +146,180 @@ def test_gumbel_rollout_stores_aux_and_replays_its_log_probs(tiny_model, tiny_to
     assert ((lp.logp[cot] - ro.logp[cot]).abs() <= tol).all()
     moved = ro.to("cpu")
     assert set(moved.aux) == {"topk_ids", "perturbed"}
+
+
+# --------------------------------------------------------------------------- SofT-GRPO as published
+
+
+def test_top_p_keep_by_hand():
+    # probabilities 0.5, 0.3, 0.15, 0.05: the mass before each is 0, 0.5, 0.8, 0.95
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log() + 2.0  # a shift changes nothing
+    ids = torch.tensor([[0, 1, 2, 3]])
+    assert top_p_keep(logits, ids, 0.75).tolist() == [[True, True, False, False]]
+    assert top_p_keep(logits, ids, 0.85).tolist() == [[True, True, True, False]]
+    assert top_p_keep(logits, ids, 0.01).tolist() == [[True, False, False, False]]  # the first always
+    # the mass is the full distribution's: only two of four candidates given, same cut
+    assert top_p_keep(logits, ids[:, :2], 0.75).tolist() == [[True, True]]
+    q, _ = GumbelSoftmaxRepresenter(top_k=4).candidates(logits, ids, top_p_keep(logits, ids, 0.75))
+    torch.testing.assert_close(q[:, :2], torch.tensor([[0.625, 0.375]]).log())
+    assert q[0, 2:].tolist() == [-math.inf, -math.inf]
+
+
+def test_soft_grpo_log_density_is_the_mean_over_the_scored_candidates_by_hand():
+    # q = log(0.6, 0.3, 0.06, 0.04) = (-0.51, -1.20, -2.81, -3.22): with min_logprob -2 the first two are
+    # scored; offsets g = z - q = (0, 1, 5, 5): log Gumbel = -g - exp(-g) = -1 and -1 - e^-1 on the scored ones.
+    logits = torch.tensor([[0.6, 0.3, 0.06, 0.04]]).log()
+    ids, q = torch.tensor([[0, 1, 2, 3]]), logits
+    z = q + torch.tensor([[0.0, 1.0, 5.0, 5.0]])
+    kept, scored = torch.ones(1, 4, dtype=torch.bool), torch.tensor([[True, True, False, False]])
+    aux = {"topk_ids": ids, "perturbed": z, "kept": kept, "scored": scored}
+    E = torch.eye(4)
+    mean = GumbelSoftmaxRepresenter(top_k=4, log_density="mean", min_logprob=-2.0)
+    total = GumbelSoftmaxRepresenter(top_k=4, log_density="sum", min_logprob=-2.0)
+    want = -2.0 - math.exp(-1.0)
+    assert mean.log_prob(Replay(logits, None, ids[:, 0], E, aux)).item() == pytest.approx(want / 2, abs=1e-6)
+    assert total.log_prob(Replay(logits, None, ids[:, 0], E, aux)).item() == pytest.approx(want, abs=1e-6)
+    # the step decides the scored set from the rollout's q and stores it
+    step = mean.step(logits, E, gen(0))
+    assert step.aux["scored"].tolist() == [[True, True, False, False]] and step.aux["kept"].all()
+    g = step.aux["perturbed"] - q
+    torch.testing.assert_close(
+        step.logp, (-g - torch.exp(-g))[:, :2].mean(-1, keepdim=False), rtol=0, atol=1e-6
+    )
+
+
+def test_gumbel_clamp_bounds_the_noise_and_scores_the_clamped_value():
+    rep = GumbelSoftmaxRepresenter(top_k=5, gumbel_clamp=[-1.5, 3.0])
+    g = rep.noise(torch.Size([200_000]), gen(0), torch.device("cpu"))
+    assert g.min().item() == -1.5 and g.max().item() == 3.0
+    # P(G < -1.5) = exp(-e^1.5) = 0.0113 and P(G > 3) = 1 - exp(-e^-3) = 0.0486 of the mass sit on the bounds
+    for frac, want in (
+        ((g == -1.5).float().mean(), math.exp(-math.exp(1.5))),
+        ((g == 3.0).float().mean(), 1 - math.exp(-math.exp(-3.0))),
+    ):
+        assert abs(frac.item() - want) < 5 * math.sqrt(want / 200_000)
+    # the density at a clamped offset is the Gumbel density there: -3 - e^-3 for g = 3 (one candidate)
+    one = GumbelSoftmaxRepresenter(top_k=1, gumbel_clamp=[-1.5, 3.0])
+    aux = {
+        "topk_ids": torch.tensor([[2]]),
+        "perturbed": torch.tensor([[3.0]]),
+    }  # q = 0 for a single candidate
+    logp = one.log_prob(Replay(torch.randn(1, 4), None, torch.tensor([2]), torch.eye(4), aux))
+    assert logp.item() == pytest.approx(-3.0 - math.exp(-3.0), abs=1e-6)
+
+
+def test_soft_grpo_step_mixes_the_kept_candidates_and_replays_its_log_density():
+    rep = GumbelSoftmaxRepresenter(
+        tau=0.1, top_k=5, top_p=0.95, gumbel_clamp=[-1.5, 3.0], log_density="mean", min_logprob=-3.0
+    )
+    # probabilities 0.5, 0.3, 0.12, 0.05, 0.02, 0.01: top 5; mass before the 5th is 0.97 >= 0.95, so 4 kept
+    logits = torch.tensor([[0.5, 0.3, 0.12, 0.05, 0.02, 0.01]]).log().expand(2000, 6)
+    E = torch.eye(6)
+    step = rep.step(logits, E, gen(1))
+    assert step.aux["kept"][0].tolist() == [True, True, True, True, False]
+    # renormalised over the kept 4: q = log(0.5, 0.3, 0.12, 0.05) - log(0.97); scored: q > -3 (0.05/0.97 = e^-2.96)
+    assert step.aux["scored"][0].tolist() == [True, True, True, True, False]
+    assert torch.equal(
+        step.embeds[:, 4:], torch.zeros(2000, 2)
+    )  # the dropped candidate and the rest: weight 0
+    q, _ = rep.candidates(logits, step.aux["topk_ids"], step.aux["kept"])
+    offsets = (step.aux["perturbed"] - q)[:, :4]
+    assert offsets.min().item() >= -1.5 - 1e-5 and offsets.max().item() <= 3.0 + 1e-5
+    assert (step.aux["perturbed"][:, 4] == 0).all()
+    got = rep.log_prob(Replay(logits, step.embeds, step.ids, E, step.aux))
+    torch.testing.assert_close(got, step.logp, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, (-offsets - torch.exp(-offsets)).mean(-1), rtol=0, atol=1e-5)
+    assert set(step.ids.tolist()) <= {0, 1, 2, 3}  # never the dropped candidate
+    z = logits.clone().requires_grad_(True)
+    rep.log_prob(Replay(z, step.embeds, step.ids, E, step.aux)).sum().backward()
+    assert torch.isfinite(z.grad).all() and (z.grad[:, 4:] == 0).all() and z.grad[:, :4].abs().max() > 0
+
+
+def test_soft_grpo_log_prob_gradient_matches_finite_differences():
+    logits, E = make(seed=5, n=3, v=9)
+    rep = GumbelSoftmaxRepresenter(
+        tau=0.1, top_k=5, top_p=0.9, gumbel_clamp=[-1.5, 3.0], log_density="mean", min_logprob=-2.0
+    )
+    step = rep.step(logits, E, gen(4))
+    assert not step.aux["scored"].all()  # some candidates are left out of the density
+    weights = torch.tensor([1.0, -0.5, 2.0])
+
+    def f(z):
+        return (rep.log_prob(Replay(z, step.embeds, step.ids, E, step.aux)) * weights).sum()
+
+    z = logits.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(z), z)
+    numeric = central_diff(lambda x: f(x).item(), logits, h=2e-3)
+    assert grad.abs().max() > 0.1
+    torch.testing.assert_close(grad, numeric, rtol=1e-3, atol=2e-3)
+
+
+def test_gumbel_defaults_are_the_published_options_off_bit_for_bit():
+    """Without the options the step is the code path of before them, op for op."""
+    logits, E = make(v=10)
+    rep = instantiate(compose_train(["representer=gumbel"]).representer)
+    assert (rep.top_p, rep.clamp, rep.log_density, rep.min_logprob) == (1.0, None, "sum", None)
+    step = rep.step(logits, E, gen(3))
+    z, top = logits.float().topk(10, dim=-1)
+    q = z - torch.logsumexp(z, dim=-1, keepdim=True)
+    u = torch.rand(q.shape, generator=gen(3), dtype=torch.float32)
+    perturbed = q + -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float32).tiny)))
+    assert set(step.aux) == {"topk_ids", "perturbed"} and torch.equal(step.aux["perturbed"], perturbed)
+    x = perturbed - q
+    assert torch.equal(step.logp, (-x - torch.exp(-x)).sum(-1))
+    assert torch.equal(step.embeds, weighted_rows(torch.softmax(perturbed / 0.1, dim=-1), top, E))
+
+
+def test_soft_grpo_options_checked_and_presets_compose():
+    for kwargs, msg in (
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"gumbel_clamp": [3.0, -1.5]}, "gumbel_clamp must be"),
+        ({"log_density": "max"}, "log_density must be one of sum, mean"),
+        ({"min_logprob": 0.0}, "min_logprob must be < 0"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            GumbelSoftmaxRepresenter(**kwargs)
+    cfg = compose_train(["experiment=embedded_gumbel", "paths.output_dir=/tmp/x"])
+    default = compose_train(["paths.output_dir=/tmp/x"])
+    rep = instantiate(cfg.representer)
+    assert isinstance(rep, GumbelSoftmaxRepresenter) and cfg.task_name == "embedded_gumbel"
+    assert (rep.name, rep.tau, rep.top_k, rep.top_p, rep.clamp) == ("soft_grpo", 0.1, 5, 0.95, (-1.5, 3.0))
+    assert (rep.log_density, rep.min_logprob) == ("mean", -3.0)
+    assert "top_p=0.95, gumbel_clamp=[-1.5, 3.0], log_density=mean, min_logprob=-3.0" in repr(rep)
+    for key in ("module", "estimator", "data", "trainer"):  # everything else as the embedded default
+        assert OmegaConf.to_container(cfg[key]) == OmegaConf.to_container(default[key]), key
+
+
+@pytest.mark.numerics
+def test_soft_grpo_rollout_stores_its_masks_and_replays_its_log_probs(
+    tiny_model, tiny_tokenizer, monkeypatch
+):
+    cfg = RolloutConfig(max_cot_tokens=10, answer_max_tokens=4, compact_fraction=2.0)
+    rep = instantiate(compose_train(["representer=soft_grpo"]).representer)
+    calls = record_decode_logits(rep, monkeypatch)
+    ro = RolloutEngine(tiny_tokenizer, cfg).generate(tiny_model.eval(), PROMPTS, rep, generator=gen(0))
+    assert set(ro.aux) == {"topk_ids", "perturbed", "kept", "scored"} and ro.aux["kept"].dtype == torch.bool
+    lp = rollout_log_probs(tiny_model, ro, rep)
+    logits, bound = teacher_forced_logits(tiny_model, ro)
+    dz_max, _ = decode_logit_differences(logits, bound, ro, calls)
+    cot = ro.cot_mask
+    kept, scored = ro.aux["kept"][cot], ro.aux["scored"][cot]
+    q, _ = rep.candidates(logits[cot], ro.aux["topk_ids"][cot], kept)
+    # gumbel_tolerance's bound per scored candidate, averaged as the density is
+    x = torch.where(scored, ro.aux["perturbed"][cot] - q, torch.zeros_like(q)).double()
+    dq = 2 * dz_max[cot].double()[:, None]
+    terms = (
+        dq
+        + torch.exp(-x) * torch.expm1(dq)
+        + 8 * U * (x.abs() + torch.exp(-x) + q.double().abs().nan_to_num(0, 0, 0))
+    )
+    tol = (terms * scored).sum(-1) / scored.sum(-1)
+    assert ((lp.logp[cot] - ro.logp[cot]).abs() <= tol).all()
+    # the training pass: answer positions (no candidates kept there) leave the gradient finite
+    with torch.enable_grad():
+        rollout_log_probs(tiny_model, ro, rep).logp.sum().backward()
+    grads = [p.grad for p in tiny_model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
 # --------------------------------------------------------------------------- Soft Thinking

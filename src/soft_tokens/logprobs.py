@@ -159,7 +159,7 @@ class StepScorer:
         """[c, 1] log-probs, or [c, 2] log-probs and KL when reference hidden states are given."""
         rep = self.representer
         logits = self.head(hidden)
-        replay = Replay(logits, fed if rep.continuous else None, ids, self.E, aux or None)
+        replay = Replay(logits, fed if rep.continuous else None, ids, self.E, aux or None, hidden)
         logp = categorical_log_prob(logits, ids, self.T)
         if bool(cot.any()):
             logp = torch.where(cot, rep.log_prob(replay), logp)
@@ -169,7 +169,7 @@ class StepScorer:
             ref_logits = self.ref_model.get_output_embeddings()(ref_hidden)
         kl = k3_kl(logp, categorical_log_prob(ref_logits, ids, self.T))
         if bool(cot.any()):
-            ref = replay.under(ref_logits, self.ref_model.get_input_embeddings().weight)
+            ref = replay.under(ref_logits, self.ref_model.get_input_embeddings().weight, ref_hidden)
             kl = torch.where(cot, rep.kl(replay, ref), kl)
         return torch.stack([logp, kl], dim=-1)
 

@@ -30,17 +30,19 @@ class Step:
 
 @dataclass
 class Replay:
-    """The inputs a CoT step is re-scored from, teacher-forced: the logits, what was fed, its id, E and aux."""
+    """The inputs a CoT step is re-scored from, teacher-forced: the logits, what was fed, its id, E, aux and
+    the final hidden state."""
 
     logits: Tensor  # [..., V] logits of the step under the policy being scored
     fed: Tensor | None  # [..., d] the fed input of a continuous representer, else None
     ids: Tensor  # [...] the step's token id (sample or argmax shadow)
     embedding: Tensor  # [V, d] the input embedding matrix of the policy being scored
     aux: dict[str, Tensor] | None = None  # the step's stored `Step.aux` tensors, [..., *]
+    hidden: Tensor | None = None  # [..., d] the final hidden state the logits came from (hidden-state noise)
 
-    def under(self, logits: Tensor, embedding: Tensor) -> Replay:
-        """The same fed step scored under other logits and embedding matrix (the reference policy's)."""
-        return replace(self, logits=logits, embedding=embedding)
+    def under(self, logits: Tensor, embedding: Tensor, hidden: Tensor | None = None) -> Replay:
+        """The same fed step scored under other logits, embedding matrix and hidden state (the reference's)."""
+        return replace(self, logits=logits, embedding=embedding, hidden=hidden)
 
 
 def positive(name: str, value: float) -> float:

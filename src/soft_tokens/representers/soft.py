@@ -12,8 +12,11 @@ import math
 import torch
 from torch import Tensor
 
+from soft_tokens.config_types import check_noise_fits
 from soft_tokens.representers.base import Replay, Rng, Step, TokenRepresenter, positive, renamed_tau
 from soft_tokens.representers.noise import PlacedNoise
+from soft_tokens.representers.placement import PLACEMENTS, HiddenNoise, LogitNoise
+from soft_tokens.representers.sampling import weighted_rows
 
 
 def embedding_rms(embedding: Tensor, block: int = 1 << 22) -> Tensor:
@@ -143,6 +146,8 @@ class SoftRepresenter(TokenRepresenter):
         temperature: float | None = None,
         noise_top_k: int | None = None,
         noise_min_entropy: float = 0.0,
+        noise_on: str = "embedding",
+        noise_logits_top_k: int | None = None,
     ) -> None:
         super().__init__(greedy=greedy, name=name)
         self.tau = positive("tau", renamed_tau(tau, temperature, type(self).__name__))
@@ -156,9 +161,20 @@ class SoftRepresenter(TokenRepresenter):
         # docs/method.md, "Noise where the choices are"; None: the paper's isotropic noise at every step
         placed = noise_top_k is not None or noise_min_entropy > 0
         self.placed = PlacedNoise(noise_top_k, float(noise_min_entropy), self.gamma) if placed else None
+        self.noise_on = str(noise_on)
+        self.upstream = upstream_noise(self.noise_on, noise_logits_top_k, placed, self.gamma)
+        self._head: torch.nn.Module | None = None  # the LM head `project` last saw (hidden-state noise only)
         self.embedding_grad = embedding_grad  # False: the CoT log-density's mixture treats E as a constant
         self._sigma_key: tuple | None = None
         self._sigma = torch.tensor(0.0)
+
+    def noise_upstream(self) -> bool:
+        """Whether a step draws its noise upstream of the mixture (hidden state or logits), not on it."""
+        return self.upstream is not None and not self.greedy and self.gamma > 0
+
+    def __getstate__(self) -> dict:
+        """The state without the LM head `project` keeps for the next step (a module, not a setting)."""
+        return {**self.__dict__, "_head": None}
 
     def sigma(self, embedding: Tensor) -> Tensor:
         """Noise scale gamma * RMS(E); recomputed only when E changes (new storage or in-place update)."""
@@ -171,7 +187,11 @@ class SoftRepresenter(TokenRepresenter):
     def prepare(self, embedding: Tensor) -> None:
         """Start of a rollout: forget sigma if E may be under training (it requires grad), since an optimizer
         can update E without bumping its version counter (fused AdamW does, as do writes through `.data`).
-        A frozen E keeps its sigma; sigma is computed on first use, so a greedy rollout never pays for it."""
+        A frozen E keeps its sigma; sigma is computed on first use, so a greedy rollout never pays for it.
+        Placed noise is checked against E's shape (the config check does it earlier for a local model)."""
+        if self.placed is not None:
+            V, d = embedding.shape
+            check_noise_fits("representer", self.placed.top_k, self.placed.min_entropy, d, V)
         if embedding.requires_grad:
             self._sigma_key = None
 
@@ -183,14 +203,20 @@ class SoftRepresenter(TokenRepresenter):
         Elsewhere the plain head: on a GPU a decode step is bound by kernel launches, not by reading E; an E
         under `fuse_min_bytes` stays in cache between the two products anyway; at a tiny temperature (fuzzy)
         the sparse sum after the head is cheaper; an untied head reads a second matrix anyway; and a
-        representer without `fast_mixture` must have its own `mixture` used.
+        representer without `fast_mixture` must have its own `mixture` used. Noise on the logits mixes the
+        perturbed logits (the plain head); noise on the hidden state returns the hidden state as `pre` and
+        keeps the head for `step`, which maps the perturbed hidden state through it.
         """
+        if self.noise_upstream() and self.noise_on == "hidden":
+            self._head = head
+            return head(hidden), hidden
         weight = getattr(head, "weight", None)
         fuse = (
             hidden.device.type == "cpu"
             and embedding.numel() * embedding.element_size() >= self.fuse_min_bytes
             and self.tau > 1e-3
             and self.fast_mixture
+            and not self.noise_upstream()
             and getattr(head, "bias", None) is None
             and weight is not None
             and weight.shape == embedding.shape
@@ -212,6 +238,8 @@ class SoftRepresenter(TokenRepresenter):
         self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
     ) -> Step:
         """The mixture (`pre`, when `project` made it with the logits) plus noise, and its log-density."""
+        if self.noise_upstream():
+            return self._upstream_step(logits, embedding, generator, pre)
         if pre is None and self.fast_mixture:
             h, ids = mixture_and_ids(logits, embedding, self.tau)
         else:  # the mixture `project` made, or a subclass's own
@@ -230,13 +258,60 @@ class SoftRepresenter(TokenRepresenter):
         logp = -0.5 * eps.pow(2).sum(-1) - 0.5 * d * math.log(2 * math.pi) - d * torch.log(sigma)
         return Step(embeds=fed, ids=ids, logp=logp)
 
+    def _mixture_and_argmax(self, logits: Tensor, embedding: Tensor) -> tuple[Tensor, Tensor]:
+        """(softmax(logits / tau) @ E, argmax ids), through the fast paths unless a subclass has its own mixture."""
+        if self.fast_mixture:
+            h, ids = mixture_and_ids(logits, embedding, self.tau)
+        else:
+            h, ids = self.mixture(logits, embedding), None
+        return h, logits.argmax(-1) if ids is None else ids
+
+    def _upstream_step(self, logits: Tensor, embedding: Tensor, generator: Rng, pre: Tensor | None) -> Step:
+        """Noise on the hidden state or the logits (docs/method.md, "Noise placements"): the mixture of the
+        perturbed logits, the log-density of the perturbed vector, and that vector in `aux` for the replay.
+        The shadow id is the argmax of the perturbed logits, the token the mixture is centred on."""
+        if isinstance(self.upstream, HiddenNoise):
+            if pre is None or self._head is None:
+                raise ValueError(
+                    f"{self!r} needs the final hidden state: call project(hidden, head, E) before step, as the "
+                    "rollout does"
+                )
+            noised, sigma, logp = self.upstream.draw(pre, generator)
+            h, ids = self._mixture_and_argmax(self._head(noised.to(pre.dtype)), embedding)
+            return Step(embeds=h, ids=ids, logp=logp, aux={"noised_hidden": noised, "noise_sigma": sigma})
+        perturbed, cand, logp = self.upstream.draw(logits, generator)
+        if cand is None:
+            h, ids = self._mixture_and_argmax(perturbed, embedding)
+            return Step(embeds=h, ids=ids, logp=logp, aux={"perturbed_logits": perturbed})
+        h = weighted_rows(torch.softmax(perturbed / self.tau, dim=-1), cand, embedding)
+        ids = cand.gather(-1, perturbed.argmax(-1, keepdim=True)).squeeze(-1)
+        return Step(embeds=h, ids=ids, logp=logp, aux={"perturbed_logits": perturbed, "logit_ids": cand})
+
+    def _upstream_log_prob(self, replay: Replay) -> Tensor:
+        """The perturbed vector's Gaussian log-density around the current hidden state or logits."""
+        aux = self._aux(replay)
+        if isinstance(self.upstream, HiddenNoise):
+            return self.upstream.log_density(self._hidden(replay), aux)
+        return self.upstream.log_density(replay.logits, aux)
+
+    def _hidden(self, replay: Replay) -> Tensor:
+        """The replay's final hidden states, which hidden-state noise is scored around."""
+        if replay.hidden is None:
+            raise ValueError(f"{self!r} scores the noised hidden state: the Replay needs `hidden`")
+        return replay.hidden
+
     def log_prob(self, replay: Replay) -> Tensor:
         """Gaussian log-density of the fed input around the mixture (docs/method.md, "Log-probabilities").
 
         log pi(h~ | past) = -|h~ - h|^2 / (2 sigma^2) - d/2 log(2 pi sigma^2). sigma is detached, so the
         constant carries no gradient and cancels in every ratio against another policy with the same sigma;
         it is kept so the value is a true log-density. Differentiable in the logits and in E through h.
+        With noise on the hidden state or the logits, the density of the perturbed vector instead.
         """
+        if self.upstream is not None:
+            if self.gamma == 0:
+                raise ValueError(f"{self!r} has gamma = 0: the perturbed {self.noise_on} has no density")
+            return self._upstream_log_prob(replay)
         if replay.fed is None:
             raise ValueError(f"{self!r}.log_prob needs the fed embeddings")
         sigma = self.sigma(replay.embedding)
@@ -259,8 +334,13 @@ class SoftRepresenter(TokenRepresenter):
                                                      + log det(s^2 I) / det(s^2 I)]
                                                = |h - h_ref|^2 / (2 sigma^2),
         so the term needs no sample: it is the closed form in the two means (zero iff they coincide).
-        The fed input is not used. sigma is the policy's (detached).
+        The fed input is not used. sigma is the policy's (detached). With noise on the hidden state or the
+        logits, the same closed form in the perturbed vector's means (`placement.py`).
         """
+        if isinstance(self.upstream, HiddenNoise):
+            return self.upstream.kl(self._hidden(replay), ref.hidden, self._aux(replay))
+        if self.upstream is not None:
+            return self.upstream.kl(replay.logits, ref.logits, self._aux(replay))
         sigma = self.sigma(replay.embedding)
         h = self.mixture(replay.logits, self._grad_embedding(replay.embedding)).float()
         h_ref = self.mixture(ref.logits, ref.embedding).float().detach()
@@ -269,8 +349,11 @@ class SoftRepresenter(TokenRepresenter):
         return (h - h_ref).pow(2).sum(-1) / (2 * sigma**2)
 
     def _aux(self, replay: Replay) -> dict[str, Tensor]:
-        """The stored aux of placed noise (which steps were noisy, and their candidates), checked."""
-        need = {"noisy"} if self.placed.top_k is None else {"noisy", "noise_ids"}
+        """The stored aux of placed or upstream noise (noisy steps and candidates, perturbed vectors), checked."""
+        if self.upstream is not None:
+            need = self.upstream.keys()
+        else:
+            need = {"noisy"} if self.placed.top_k is None else {"noisy", "noise_ids"}
         if replay.aux is None or not need <= replay.aux.keys():
             raise ValueError(f"{self!r} needs the rollout's aux tensors {sorted(need)} to score a step")
         return replay.aux
@@ -279,4 +362,33 @@ class SoftRepresenter(TokenRepresenter):
         """tau, gamma and where the noise goes."""
         placed = "" if self.placed is None else f", noise_top_k={self.placed.top_k}"
         placed += "" if self.placed is None else f", noise_min_entropy={self.placed.min_entropy}"
+        placed += "" if self.upstream is None else f", noise_on={self.noise_on}"
+        if isinstance(self.upstream, LogitNoise) and self.upstream.top_k is not None:
+            placed += f", noise_logits_top_k={self.upstream.top_k}"
         return f", tau={self.tau}, gamma={self.gamma}{placed}"
+
+
+def upstream_noise(
+    noise_on: str, logits_top_k: int | None, placed: bool, gamma: float
+) -> LogitNoise | HiddenNoise | None:
+    """The noise of `noise_on` (None: on the input embedding), or a ValueError naming the knob to fix."""
+    if noise_on not in PLACEMENTS:
+        raise ValueError(f"noise_on must be one of {', '.join(PLACEMENTS)}, got {noise_on!r}")
+    if noise_on == "top_k_logits" and logits_top_k is None:
+        raise ValueError("noise_on=top_k_logits needs noise_logits_top_k (the paper's rows: 5 and 50)")
+    if noise_on != "top_k_logits" and logits_top_k is not None:
+        raise ValueError(
+            f"noise_logits_top_k is for noise_on=top_k_logits (got noise_on={noise_on}): set it null"
+        )
+    if logits_top_k is not None and logits_top_k < 2:
+        raise ValueError(f"noise_logits_top_k must be >= 2, got {logits_top_k}")
+    if noise_on != "embedding" and placed:
+        raise ValueError(
+            f"noise_top_k and noise_min_entropy place the embedding's noise; with noise_on={noise_on} set them to "
+            "null and 0"
+        )
+    if noise_on == "hidden":
+        return HiddenNoise(gamma)
+    if noise_on in ("logits", "top_k_logits"):
+        return LogitNoise(gamma, None if logits_top_k is None else int(logits_top_k))
+    return None
