@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,wandb,deepspeed]"
+	$(PIP) -e ".[dev,wandb,deepspeed,sweep]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from soft_tokens.config_types import ConfigTypeError, check_config_types
+from soft_tokens.eval.options import check_eval_options
 from soft_tokens.run_folder import register_resolver
 
 register_resolver()  # run_dir in conf/hydra/default.yaml
@@ -31,6 +32,7 @@ register_resolver()  # run_dir in conf/hydra/default.yaml
 def main(cfg: DictConfig) -> None:
     try:
         check_config_types(cfg)
+        check_eval_options(cfg)  # evaluate's own counts and setting names (max_examples, num_samples, only)
     except ConfigTypeError as err:
         raise SystemExit(f"config error: {err}") from None  # the message names the key; no traceback
     import torch

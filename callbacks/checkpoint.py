@@ -1,8 +1,18 @@
-"""Checkpoints every n optimizer steps and at the last step, so a run shorter than n still keeps its best."""
+"""Checkpoints every n optimizer steps and at the last step, so a run shorter than n still keeps its best;
+each checkpoint file written atomically (a kill or a full disk never leaves a truncated one)."""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from soft_tokens.atomic_write import atomic_write
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -22,3 +32,31 @@ class StepCheckpoint(ModelCheckpoint):
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint file writer, but through a fsynced temporary file in the checkpoint's own folder
+    renamed over the final name (Lightning's own temporary file may sit on another filesystem, where the
+    move becomes a copy that first empties the target)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        if "://" in str(path):  # a remote (fsspec) location: Lightning's own transaction
+            return super().save_checkpoint(checkpoint, path)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # serialised first (as Lightning does): a write error is then a plain OSError
+        torch.save(checkpoint, buffer)
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> bool:
+    """Make the trainer write checkpoint files atomically, where its strategy writes one file with Lightning's
+    plain writer (single device, DDP, FSDP with full state dicts); DeepSpeed's and sharded checkpoint folders,
+    and any writer a user configured, are left as they are. True when installed."""
+    strategy = trainer.strategy
+    if type(strategy.checkpoint_io) is not TorchCheckpointIO:
+        return False
+    strategy.checkpoint_io = AtomicCheckpointIO()
+    return True

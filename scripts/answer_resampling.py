@@ -21,6 +21,8 @@ CoTs barely differ.
 
 Every option of scripts/grad_diagnostics.py but --snr applies (the model, the batch, --gammas, the noise
 placement, --prompt-seeds); `--sampling-temperature` is the hard CoT's temperature (default: the answer's).
+`--representers` takes every name of conf/representer/, the training-free ones (soft_thinking,
+mixture_of_inputs) included, each built as train.py builds it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from soft_tokens.logprobs import input_embeds
 from soft_tokens.markdown import markdown_table
-from soft_tokens.representers import HardRepresenter, TokenRepresenter
+from soft_tokens.representers import TokenRepresenter
 from soft_tokens.representers.sampling import categorical_log_prob, choose_token
 from soft_tokens.rewards import MathReward
 from soft_tokens.rollout import Rollout, RolloutEngine
@@ -47,8 +49,10 @@ from soft_tokens.rollout.decode_state import DONE, DecodeState
 
 try:
     from scripts import grad_diagnostics as gd
+    from scripts.script_inputs import count, number, output_file, usage_errors
 except ModuleNotFoundError:  # run as `python scripts/answer_resampling.py`: scripts/ itself is on the path
     import grad_diagnostics as gd
+    from script_inputs import count, number, output_file, usage_errors
 
 # ----- the law of total variance -----
 
@@ -193,10 +197,9 @@ def resample(
 
 
 def representer(name: str, gamma: float, args: argparse.Namespace) -> TokenRepresenter:
-    """hard at the CoT sampling temperature; soft and fuzzy as grad_diagnostics builds them."""
-    if name == "hard":
-        T = args.answer_temperature if args.sampling_temperature is None else args.sampling_temperature
-        return HardRepresenter(temperature=T)
+    """As grad_diagnostics builds it, hard at the CoT sampling temperature (default: the answer's)."""
+    if name == "hard" and args.sampling_temperature is not None:
+        args = argparse.Namespace(**{**vars(args), "answer_temperature": args.sampling_temperature})
     return gd.build(name, gamma, args)
 
 
@@ -235,29 +238,39 @@ def table_row(row: dict) -> list[str]:
     ]
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    """This script's options; the rest are grad_diagnostics' (all but --snr)."""
+def parser() -> argparse.ArgumentParser:
+    """This script's own options; the rest are grad_diagnostics' (all but --snr)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--M", type=int, default=8, help="answers re-sampled per CoT")
-    p.add_argument("--sampling-temperature", type=float, default=None, help="hard CoT temperature")
-    p.add_argument("--out", default=None, help="write the rows to this JSON file")
-    own, rest = p.parse_known_args(argv)
-    args = gd.parse(rest)
+    p.add_argument(
+        "--M", type=count(2), default=8, help="answers re-sampled per CoT (>= 2: unbiased variances)"
+    )
+    p.add_argument(
+        "--sampling-temperature",
+        type=number(0.0, low_closed=False),
+        default=None,
+        help="hard CoT temperature",
+    )
+    p.add_argument("--out", type=output_file, default=None, help="write the rows to this JSON file")
+    return p
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """This script's options and grad_diagnostics' (all but --snr), checked before the model loads."""
+    own, rest = parser().parse_known_args(argv)
+    args = gd.parse(rest, need_log_prob=False)  # answers are resampled; no CoT log-probability is needed
     if args.snr:
-        p.error("--snr is grad_diagnostics' own option")
-    if own.M < 2 or args.G < 2:
-        p.error("--M and --G must be at least 2 (the variances are unbiased ones)")
+        parser().error("--snr is grad_diagnostics' own option")
     return argparse.Namespace(**vars(args), **vars(own))
 
 
-def setting_tag(rep: TokenRepresenter, gamma: float, prompt_seed: int, args: argparse.Namespace) -> dict:
-    """The knobs of one setting, for its row."""
-    hard = isinstance(rep, HardRepresenter)
+def setting_tag(
+    name: str, rep: TokenRepresenter, gamma: float, prompt_seed: int, args: argparse.Namespace
+) -> dict:
+    """The knobs of one setting (representer `name` built as `rep`), for its row."""
     return {
         "gamma": gamma,
-        "tau": rep.temperature if hard else rep.tau,  # hard: the CoT's sampling temperature
-        "noise_top_k": None if hard else args.noise_top_k,
-        "noise_min_entropy": 0.0 if hard else args.noise_min_entropy,
+        "tau": getattr(rep, "tau", getattr(rep, "temperature", None)),  # hard: the CoT's sampling temperature
+        **gd.noise_knobs(name, args),
         "answer_temperature": args.answer_temperature,
         "prompt_seed": prompt_seed,
     }
@@ -265,16 +278,15 @@ def setting_tag(rep: TokenRepresenter, gamma: float, prompt_seed: int, args: arg
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse(argv)
-    model, engine = gd.load(args)
+    with usage_errors(parser()):
+        model, engine = gd.load(args)
     out = []
-    names, gammas = args.representers.split(","), [float(g) for g in args.gammas.split(",")]
-    runs = dict.fromkeys((n, 0.0 if n == "hard" else g) for n in names for g in gammas)
     print(markdown_table(HEADER, []), flush=True)
-    for prompt_seed in [int(x) for x in (args.prompt_seeds or str(args.seed)).split(",")]:
+    for prompt_seed in args.prompt_seeds:
         prompts, golds = gd.prompt_batch(args.B, args.G, prompt_seed)
-        for name, gamma in runs:
+        for name, gamma in gd.settings(args):
             rep = representer(name, gamma, args)
-            tag = setting_tag(rep, gamma, prompt_seed, args)
+            tag = setting_tag(name, rep, gamma, prompt_seed, args)
             out.append(setting_row(model, engine, rep, prompts, golds, args, tag))
             print(markdown_table(HEADER, [table_row(out[-1])]).splitlines()[-1], flush=True)
     if args.out:

@@ -18,6 +18,10 @@ counted: the share of CoT steps whose next-token entropy (temperature 1) is at l
 the distinct CoTs per group (shadow-token text) and the share of groups with any reward variance.
 `--control-variate` adds, on the same batches, the CoT term with the score-weighted leave-one-out baseline
 (soft_tokens/estimators/control_variate.py) in place of RLOO's (terms `cot_cv`, `total_cv`).
+
+`--representers` names conf/representer/ files (hard, soft, fuzzy, gumbel, soft_grpo, ...), each built as
+`train.py representer=<name>` builds it (scripts/representer_configs.py); an unknown or training-free name is
+refused. Bad arguments end in the usage message (scripts/script_inputs.py).
 """
 
 from __future__ import annotations
@@ -36,27 +40,62 @@ from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.estimators import RLOO
 from soft_tokens.estimators.control_variate import noisy_steps, weighted_loo_advantages
 from soft_tokens.logprobs import hidden_states, rollout_log_probs
-from soft_tokens.representers import HardRepresenter, SoftRepresenter
+from soft_tokens.models import is_local_path
+from soft_tokens.representers import SoftRepresenter, TokenRepresenter
 from soft_tokens.rewards import MathReward
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
+
+try:
+    from scripts import representer_configs as rc
+    from scripts.script_inputs import InputError, comma_list, count, number, usage_errors
+except ModuleNotFoundError:  # run as `python scripts/grad_diagnostics.py`: scripts/ itself is on the path
+    import representer_configs as rc
+    from script_inputs import InputError, comma_list, count, number, usage_errors
 
 SAMPLING_TEMPERATURE = (
     0.7  # the embedded default's hard-token sampling temperature (conf/model/embedded.yaml)
 )
 
 
-def build(name: str, gamma: float, args: argparse.Namespace):
-    """hard (at the answer temperature), soft (tau 0.5) or fuzzy at noise scale gamma, placed as asked."""
+def build(name: str, gamma: float, args: argparse.Namespace) -> TokenRepresenter:
+    """Representer `name` as train.py builds it (conf/representer/<name>.yaml) with this script's knobs: hard
+    at the answer temperature, fuzzy at --fuzzy-temperature, and gamma and the noise placement where the
+    representer takes them (soft, fuzzy)."""
+    knobs = {"gamma": gamma, "noise_top_k": args.noise_top_k, "noise_min_entropy": args.noise_min_entropy}
     if name == "hard":
-        return HardRepresenter(temperature=args.answer_temperature)
-    tau = 0.5 if name == "soft" else args.fuzzy_temperature
-    return SoftRepresenter(
-        tau,
-        gamma=gamma,
-        name=name,
-        noise_top_k=args.noise_top_k,
-        noise_min_entropy=args.noise_min_entropy,
+        knobs["temperature"] = args.answer_temperature
+    if name == "fuzzy":
+        knobs["tau"] = args.fuzzy_temperature
+    return rc.build_representer(name, **knobs)
+
+
+def noise_knobs(name: str, args: argparse.Namespace) -> dict:
+    """--noise-top-k and --noise-min-entropy as representer `name` uses them (None and 0 where it has no noise)."""
+    noise = rc.takes(name, "noise_top_k")
+    return {
+        "noise_top_k": args.noise_top_k if noise else None,
+        "noise_min_entropy": args.noise_min_entropy if noise else 0.0,
+    }
+
+
+def settings(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """(representer, gamma) pairs to run, in order: a representer without gamma (hard, gumbel) runs once."""
+    return list(
+        dict.fromkeys((n, g if rc.takes(n, "gamma") else 0.0) for n in args.representers for g in args.gammas)
     )
+
+
+def check_representers(args: argparse.Namespace, need_log_prob: bool = True) -> None:
+    """Build every setting once, before the model loads: an unknown name, a bad knob or (with
+    `need_log_prob`) a training-free representer is an InputError naming it."""
+    for name, gamma in settings(args):
+        rep = build(name, gamma, args)
+        if need_log_prob and not rep.trainable:
+            trainable = [n for n in rc.representer_names() if build(n, 0.0, args).trainable]
+            raise InputError(
+                f"--representers {name}: a training-free inference setting, without the CoT log-probability "
+                f"this script differentiates; choose from {', '.join(trainable)}"
+            )
 
 
 def grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
@@ -154,7 +193,7 @@ def snr_rows(model, engine, rep, prompts, golds, args, tag: dict) -> list[dict]:
         lp = rollout_log_probs(model, ro, rep)
         terms["cot"].append(flat_grads(est.loss(lp.logp, adv, ro.cot_mask)[0], params))
         terms["answer"].append(flat_grads(est.loss(lp.logp, adv, ro.answer_mask)[0], params))
-        if args.control_variate and rep.name != "hard":
+        if args.control_variate and isinstance(rep, SoftRepresenter):  # the baseline of the Gaussian score
             w = noisy_steps(ro.cot_mask, ro.aux).view(args.B, args.G)
             adv_cv = weighted_loo_advantages(rewards.view(args.B, args.G), w).view(-1)
             terms["cot_cv"].append(flat_grads(est.loss(lp.logp, adv_cv, ro.cot_mask)[0], params))
@@ -192,8 +231,8 @@ def one_batch_row(model, engine, rep, prompts, golds, args, tag: dict) -> dict:
         "representer": rep.name,
         **tag,
         "reward_mean": float(rewards.mean()),
-        "cot_logp_per_step": float(lp.logp[ro.cot_mask].mean()),
-        "answer_logp_per_step": float(lp.logp[ro.answer_mask].mean()),
+        "cot_logp_per_step": float(lp.logp[ro.cot_mask].detach().mean()),
+        "answer_logp_per_step": float(lp.logp[ro.answer_mask].detach().mean()),
         "grad_norm_cot": grad_norm(cot, params),
         "grad_norm_answer": grad_norm(ans, params),
         **fork_stats(model, ro, rewards, args.G),
@@ -202,34 +241,69 @@ def one_batch_row(model, engine, rep, prompts, golds, args, tag: dict) -> dict:
     return row
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """The options of this script (answer_resampling.py takes them all but --snr)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="assets/embedded")
-    p.add_argument("--representers", default="hard,soft,fuzzy")
-    p.add_argument("--B", type=int, default=8)
-    p.add_argument("--G", type=int, default=8)
-    p.add_argument("--max-cot", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="the rollouts' noise")
-    p.add_argument("--prompt-seeds", default=None, help="comma list of prompt sets (default: --seed)")
-    p.add_argument("--gammas", default="0.33", help="comma list of noise scales for soft/fuzzy")
-    p.add_argument("--snr", type=int, default=0, help="K >= 2: signal-to-noise from K independent batches")
-    p.add_argument("--fuzzy-temperature", type=float, default=1e-4)
-    p.add_argument("--answer-temperature", type=float, default=SAMPLING_TEMPERATURE)
-    p.add_argument("--noise-top-k", type=int, default=None, help="soft/fuzzy noise in the top-k span")
-    p.add_argument("--noise-min-entropy", type=float, default=0.0, help="noise only at forks (nats)")
+    p.add_argument(
+        "--representers",
+        type=comma_list(str),
+        default="hard,soft,fuzzy",
+        help=f"comma list of conf/representer names: {', '.join(rc.representer_names())}",
+    )
+    p.add_argument("--B", type=count(1), default=8)
+    p.add_argument("--G", type=count(2), default=8)
+    p.add_argument("--max-cot", type=count(0), default=64)
+    p.add_argument("--seed", type=count(0), default=0, help="the rollouts' noise")
+    p.add_argument(
+        "--prompt-seeds",
+        type=comma_list(count(0)),
+        default=None,
+        help="comma list of prompt sets (default: --seed)",
+    )
+    p.add_argument(
+        "--gammas",
+        type=comma_list(number(0.0)),
+        default="0.33",
+        help="comma list of noise scales for soft/fuzzy",
+    )
+    p.add_argument(
+        "--snr", type=count(0), default=0, help="K >= 2: signal-to-noise from K independent batches"
+    )
+    p.add_argument("--fuzzy-temperature", type=number(0.0, low_closed=False), default=1e-4)
+    p.add_argument("--answer-temperature", type=number(0.0, low_closed=False), default=SAMPLING_TEMPERATURE)
+    p.add_argument("--noise-top-k", type=count(2), default=None, help="soft/fuzzy noise in the top-k span")
+    p.add_argument("--noise-min-entropy", type=number(0.0), default=0.0, help="noise only at forks (nats)")
     p.add_argument(
         "--control-variate",
         action="store_true",
         help="also the CoT term with the score-weighted baseline (soft_tokens/estimators/control_variate.py)",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv: list[str] | None, need_log_prob: bool = True) -> argparse.Namespace:
+    """The options, checked (a bad value or representer name is a usage error, before the model loads)."""
+    p = parser()
+    args = p.parse_args(argv)
+    if args.snr == 1:
+        p.error("argument --snr: K = 1 has no pairs of batches; use K >= 2 (or 0: one batch)")
+    args.prompt_seeds = args.prompt_seeds or [args.seed]
+    with usage_errors(p):
+        check_representers(args, need_log_prob)
+    return args
 
 
 def load(args: argparse.Namespace) -> tuple[PreTrainedModel, RolloutEngine]:
-    """The model of `--model` (one torch thread) and its rollout engine."""
+    """The model of `--model` (one torch thread) and its rollout engine; InputError if it cannot be loaded."""
     torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    if is_local_path(args.model) and not os.path.exists(os.path.expanduser(args.model)):
+        raise InputError(f"--model {args.model}: no such folder")
+    try:
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    except OSError as err:
+        raise InputError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]})") from None
     cfg = RolloutConfig(max_cot_tokens=args.max_cot, answer_temperature=args.answer_temperature)
     return model, RolloutEngine(tok, cfg)
 
@@ -243,15 +317,15 @@ def prompt_batch(B: int, G: int, prompt_seed: int) -> tuple[list[str], list[str]
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse(argv)
-    model, engine = load(args)
+    with usage_errors(parser()):
+        model, engine = load(args)
     out = []
-    runs = [(n, float(g)) for n in args.representers.split(",") for g in args.gammas.split(",")]
-    for prompt_seed in [int(x) for x in (args.prompt_seeds or str(args.seed)).split(",")]:
+    for prompt_seed in args.prompt_seeds:
         prompts, golds = prompt_batch(args.B, args.G, prompt_seed)
-        for name, gamma in dict.fromkeys((n, 0.0 if n == "hard" else g) for n, g in runs):
+        for name, gamma in settings(args):
             rep = build(name, gamma, args)
-            tag = {"gamma": gamma, "prompt_seed": prompt_seed, "noise_top_k": args.noise_top_k}
-            tag.update(noise_min_entropy=args.noise_min_entropy, answer_temperature=args.answer_temperature)
+            tag = {"gamma": gamma, "prompt_seed": prompt_seed, **noise_knobs(name, args)}
+            tag.update(answer_temperature=args.answer_temperature)
             if args.snr >= 2:
                 out += snr_rows(model, engine, rep, prompts, golds, args, tag)
             else:

@@ -11,12 +11,18 @@ seeds; a seed evaluated in two runs (greedy on the whole test split, sampling on
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
 
 from soft_tokens.markdown import markdown_table
+
+try:
+    from scripts.script_inputs import InputError, count, existing_folder, output_file, read_json, usage_errors
+except ModuleNotFoundError:  # run as `python scripts/seed_table.py`: scripts/ itself is on the path
+    from script_inputs import InputError, count, existing_folder, output_file, read_json, usage_errors
+
+Group = tuple[str, list[list[Path]]]  # label, per seed the evaluate.py folders of that seed
 
 
 def score(results: dict, setting: str, k: int) -> tuple[float, float] | None:
@@ -29,10 +35,30 @@ def score(results: dict, setting: str, k: int) -> tuple[float, float] | None:
     return None
 
 
-def merged(dirs: list[str]) -> dict:
+def merged(dirs: list[Path]) -> dict:
     """The settings of several results.json files of one model as one results dict."""
-    parts = [json.loads((Path(d) / "results.json").read_text()) for d in dirs]
+    parts = [results_file(d) for d in dirs]
     return {"settings": [s for p in parts for s in p["settings"]], "n_problems": parts[0]["n_problems"]}
+
+
+def results_file(folder: Path) -> dict:
+    """An evaluate.py folder's results.json, or InputError naming it."""
+    path = folder / "results.json"
+    if not path.is_file():
+        raise InputError(f"{folder}: no results.json (not an evaluate.py output folder?)")
+    results = read_json(path)
+    settings = results.get("settings") if isinstance(results, dict) else None
+    if not isinstance(settings, list) or "n_problems" not in results:
+        raise InputError(f"{path}: not an evaluate.py results.json (no settings list or n_problems)")
+    return results
+
+
+def group(text: str) -> Group:
+    """`LABEL=DIR[,DIR...]` (a seed evaluated in two runs: DIR1+DIR2), each folder checked (argparse type)."""
+    label, sep, dirs = text.partition("=")
+    if not sep or not label.strip() or not dirs.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=DIR[,DIR...]")
+    return label.strip(), [[existing_folder(d) for d in seed.split("+")] for seed in dirs.split(",")]
 
 
 def summary(values: list[tuple[float, float]]) -> str:
@@ -46,12 +72,11 @@ def summary(values: list[tuple[float, float]]) -> str:
     return f"{mean:.1f} ± {se:.1f} ({seeds}; per-run SE {statistics.fmean(e for _, e in values):.1f})"
 
 
-def rows(groups: list[str], k: int) -> list[list[str]]:
-    """One table row per `LABEL=DIR,...` group."""
+def rows(groups: list[Group], k: int) -> list[list[str]]:
+    """One table row per group."""
     out = []
-    for group in groups:
-        label, dirs = group.split("=", 1)
-        results = [merged(seed.split("+")) for seed in dirs.split(",")]
+    for label, seeds in groups:
+        results = [merged(dirs) for dirs in seeds]
         greedy = [score(r, "hard_greedy", 1) for r in results]
         sample = [score(r, "hard_sample", k) for r in results]
         n = {s["n_problems"] for r in results for s in r["settings"]}
@@ -69,14 +94,17 @@ def rows(groups: list[str], k: int) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--group", action="append", required=True, help="LABEL=DIR[,DIR...] evaluate.py folders")
-    p.add_argument("--k", type=int, default=32, help="k of the sampled pass@k column")
-    p.add_argument("--out", default=None)
+    p.add_argument(
+        "--group", type=group, action="append", required=True, help="LABEL=DIR[,DIR...] evaluate.py folders"
+    )
+    p.add_argument("--k", type=count(1), default=32, help="k of the sampled pass@k column")
+    p.add_argument("--out", type=output_file, default=None)
     args = p.parse_args(argv)
     head = ["method", "seeds", "test problems", "hard greedy pass@1 (%)", f"hard sample pass@{args.k} (%)"]
-    text = markdown_table(head, rows(args.group, args.k))
+    with usage_errors(p):
+        text = markdown_table(head, rows(args.group, args.k))
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        args.out.write_text(text + "\n")
     print(text)
     return text
 

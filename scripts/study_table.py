@@ -6,12 +6,15 @@ scalars of its TensorBoard events; writes a markdown table (stdout or --out) and
 
     python scripts/study_table.py outputs/study/*/0 --out outputs/study/runs.md \
         --plot outputs/study/val.png
+
+Every folder given must be a run folder (config.yaml and its log): a missing one, one without them or an
+unreadable file is refused with its path and exit status 2, before anything is written (`--out` and `--plot`
+into a missing folder too).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 from pathlib import Path
@@ -19,6 +22,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from soft_tokens.markdown import markdown_table
+
+try:
+    from scripts import script_inputs as si
+except ModuleNotFoundError:  # run as `python scripts/study_table.py`: scripts/ itself is on the path
+    import script_inputs as si
 
 VAL_LINE = re.compile(r"step (\d+) \| (val/accuracy=.*)$")
 KNOBS = {  # column -> key in the resolved config
@@ -46,7 +54,7 @@ KNOBS = {  # column -> key in the resolved config
 def val_curve(log_file: Path) -> dict[int, float]:
     """Hard-greedy validation accuracy by step, from the math-eval lines of a train.log."""
     curve = {}
-    for line in log_file.read_text(errors="replace").splitlines():
+    for line in si.read_text(log_file).splitlines():
         m = VAL_LINE.search(line)
         if m:
             fields = dict(kv.split("=") for kv in m.group(2).split())
@@ -68,14 +76,22 @@ def grad_norms(run: Path) -> list[float]:
 
 
 def run_log(run: Path, cfg) -> Path:
-    """The run's log: <task_name>.log (Hydra's job log, e.g. embedded_soft.log), else train.log."""
+    """The run's log: <task_name>.log (Hydra's job log, e.g. embedded_soft.log), else train.log; InputError
+    naming both if there is neither."""
     named = run / f"{OmegaConf.select(cfg, 'task_name', default='train')}.log"
-    return named if named.is_file() else run / "train.log"
+    candidates = list(dict.fromkeys((named, run / "train.log")))
+    for log in candidates:
+        if log.is_file():
+            return log
+    names = " or ".join(c.name for c in candidates)
+    raise si.InputError(f"{run}: no {names} (the run's log, with its validation lines)")
 
 
 def run_row(run: Path) -> dict:
     """Knobs, validation curve, grad-norm statistics and wall time of one run folder."""
-    cfg = OmegaConf.load(run / "config.yaml")
+    if not (run / "config.yaml").is_file():
+        raise si.InputError(f"{run}: no config.yaml, so not a run folder (train.py writes one into each)")
+    cfg = si.read_config(run / "config.yaml")
     row = {k: OmegaConf.select(cfg, key, default="-") for k, key in KNOBS.items()}
     row["betas"] = "/".join(str(b) for b in row["betas"]) if row["betas"] != "-" else "-"
     old_name = OmegaConf.select(cfg, "representer.temperature", default=None)
@@ -84,7 +100,9 @@ def run_row(run: Path) -> dict:
     if row["representer"] == "hard":
         row.update({"E grad": "-", "gamma": "-"})
     curve = val_curve(run_log(run, cfg))
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    summary = (
+        si.read_json(run / "summary.json") if (run / "summary.json").exists() else {}
+    )  # absent while running
     norms = sorted(grad_norms(run))
     row.update(
         run=run.parent.name if run.name.isdigit() else run.name,
@@ -134,11 +152,14 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, help="run folders (each with config.yaml and train.log)")
-    p.add_argument("--out", type=Path, help="markdown file (default: stdout)")
-    p.add_argument("--plot", type=Path, help="PNG of the validation curves")
+    p.add_argument(
+        "runs", nargs="+", type=si.existing_folder, help="run folders (each with config.yaml and train.log)"
+    )
+    p.add_argument("--out", type=si.output_file, help="markdown file (default: stdout)")
+    p.add_argument("--plot", type=si.output_file, help="PNG of the validation curves")
     args = p.parse_args(argv)
-    rows = [run_row(r) for r in args.runs if (r / "config.yaml").exists()]
+    with si.usage_errors(p):
+        rows = [run_row(r) for r in args.runs]
     text = markdown(rows)
     if args.out:
         args.out.write_text(text)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import PROMPTS
 from numerics import categorical_tolerance, teacher_forced_logits
+from script_usage import usage_error
 
 from scripts import answer_resampling as ar
 from soft_tokens.representers import HardRepresenter, SoftRepresenter
@@ -93,3 +94,44 @@ def test_tiny_run_writes_rows_and_table(tiny_model_dir, tmp_path, capsys):
         assert row["answer_logp_max_error"] < 1e-4  # the original answers under the rebuilt context
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| representer") and len(table) == 4 and table[2].startswith("| hard")
+
+
+# ----- representer names and bad inputs (issue 34, items 8 and 9)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--representers", "gumbl"], "unknown representer 'gumbl'; the representers are"),
+        (["--M", "1"], "argument --M: 1 is below 2"),
+        (["--G", "1"], "argument --G: 1 is below 2"),
+        (["--sampling-temperature", "abc"], "argument --sampling-temperature: 'abc' is not a number"),
+        (["--snr", "4"], "--snr is grad_diagnostics' own option"),
+    ],
+)
+def test_bad_arguments_end_in_a_usage_message(argv, message, capsys):
+    assert message in usage_error(ar.main, argv, capsys)
+
+
+def test_out_into_a_missing_folder_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ar.gd, "load", lambda args: pytest.fail("the model was loaded"))
+    out = tmp_path / "no" / "resample.json"
+    with pytest.raises(SystemExit) as exit_:
+        ar.main(["--out", str(out)])
+    err = capsys.readouterr().err
+    assert (
+        exit_.value.code == 2
+        and f"argument --out: {out}: no such folder {out.parent} (create it first)" in err
+    )
+
+
+def test_gumbel_is_resampled_as_gumbel(tiny_model_dir):
+    argv = ["--model", str(tiny_model_dir), "--representers", "gumbel", "--B", "1", "--G", "2", "--M", "2"]
+    (row,) = ar.main([*argv, "--max-cot", "3", "--noise-top-k", "2"])
+    assert row["representer"] == "gumbel" and row["tau"] == 0.1  # conf/representer/gumbel.yaml's tau
+    assert row["noise_top_k"] is None and row["gamma"] == 0.0  # soft/fuzzy knobs do not apply to it
+    # training-free settings need no CoT log-probability here (grad_diagnostics refuses them)
+    assert ar.parse(["--representers", "soft_thinking,mixture_of_inputs"]).representers == [
+        "soft_thinking",
+        "mixture_of_inputs",
+    ]

@@ -4,12 +4,14 @@ torch loads, with the key named; LoRA's rank and module names."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import CONF, compose_config, compose_train, probe_train
 from omegaconf import OmegaConf
 
@@ -23,7 +25,10 @@ from soft_tokens.config_types import (
     range_of,
     target_arguments,
 )
+from soft_tokens.estimators.base import LOSS_TYPES
+from soft_tokens.estimators.grpo import SCALE_REWARDS
 from soft_tokens.lora import LoraSettings, add_adapters
+from soft_tokens.representers import SoftRepresenter
 
 NOWHERE = Path("/tmp")  # a run folder for the interpolations of composed configs (nothing is written there)
 GROUPS = {
@@ -57,7 +62,8 @@ def test_every_range_parses_and_names_a_config_key():
         ("model.lora.alpha", [1e-3, 32], [0, -1.0]),
         ("model.lora.dropout", [0.0, 0.99], [1.0, 1.5, -0.1]),
         ("model.lora.r", [1, 16], [0, -4]),
-        ("module.optim.lr", [1e-6], [0, -1, float("nan")]),
+        ("module.optim.lr", [1e-6], [0, -1, float("nan"), math.inf]),
+        ("representer.beta", [0.0, 1.0, math.inf], [-1.0, float("nan")]),  # mixture_of_inputs: inf documented
         ("estimator.beta", [0.0, 0.04], [-0.5]),
         ("representer.tau", [1e-4], [0, -0.5]),
         ("representer.temperature", [0.5], [0]),
@@ -128,6 +134,13 @@ def test_every_group_key_of_the_wrong_type_is_named(group, choice):
         ("model.lora.dropout=1.5", "model.lora.dropout=1.5: must be in [0, 1)"),
         ("module.optim.lr=-1", "module.optim.lr=-1: must be > 0"),
         ("module.optim.lr=0", "module.optim.lr=0: must be > 0"),
+        ("module.optim.lr=inf", "module.optim.lr=inf: must be > 0"),
+        ("fork=no", "fork='no': expected bool"),
+        ("trainer.max_steps=1.5", "trainer.max_steps=1.5: expected int"),
+        ("estimator.loss_type=foo", "estimator.loss_type='foo': must be one of sequence_sum, grpo, bnpo"),
+        ("+representer.noise_top_k=2", "representer.noise_top_k: soft_tokens.representers.HardRepresenter"),
+        ("representer=soft representer.noise_top_k=300", "representer.noise_top_k=300: must be <= 193"),
+        ("representer=soft representer.gamma=0", "representer.gamma=0: training with soft or fuzzy"),
     ],
 )
 def test_hostile_values_stop_before_torch_loads_naming_the_key(override, key):
@@ -170,4 +183,185 @@ def test_evaluate_checks_values_before_loading_a_model(tmp_path):
     assert out.returncode != 0
     assert "config error: config key settings.soft_sample.representer.tau=0: must be > 0" in out.stderr, (
         out.stderr
+    )
+
+
+def _refusal(overrides: str, config: str = "train") -> str:
+    """The ConfigTypeError message of the composed config `config` with `overrides` (space-separated)."""
+    with pytest.raises(ConfigTypeError) as err:
+        check_config_types(compose_config(config, overrides.split(), NOWHERE))
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "module.optim.lr=inf",
+        "module.optim.weight_decay=inf",
+        "representer=soft representer.gamma=inf",
+        "estimator.beta=inf",
+        "module.cot_grad_weight=inf",
+        "sampling_temperature=inf",
+        "model.lora.r=4 model.lora.alpha=inf",
+        "representer=gumbel representer.tau=-inf",
+        "module.optim.weight_decay=nan",
+    ],
+)
+def test_infinite_and_nan_floats_are_refused_naming_the_key(override):
+    key, value = override.split()[-1].split("=")
+    assert f"config key {key}={float(value)!r}: must be" in _refusal(override)
+
+
+def test_a_float_without_a_range_must_be_finite_and_inf_only_where_documented():
+    assert _refusal("reward.correct=inf") == (
+        "config key reward.correct=inf: must be a finite number; fix the override or the YAML"
+    )
+    assert "reward.no_box=nan: must be a finite number" in _refusal("reward.no_box=nan")
+    check_config_types(compose_train(["representer=mixture_of_inputs", "representer.beta=inf"], NOWHERE))
+
+
+def test_noise_top_k_above_the_hidden_size_plus_one_is_refused_in_train_and_evaluate(tiny_model_dir):
+    check_config_types(compose_train(["representer=soft", "representer.noise_top_k=193"], NOWHERE))
+    assert _refusal("representer=soft representer.noise_top_k=194") == (
+        "config key representer.noise_top_k=194: must be <= 193 (the model's hidden size 192 + 1: the "
+        "differences of more candidates are linearly dependent and have no density)"
+    )
+    assert "settings.soft_sample.representer.noise_top_k=300: must be <= 193" in _refusal(
+        "settings.soft_sample.representer.noise_top_k=300", "evaluate"
+    )
+    hf = f"model=hf model.name_or_path={tiny_model_dir} representer=fuzzy representer.noise_top_k=34"
+    assert "noise_top_k=34: must be <= 33 (the model's hidden size 32 + 1" in _refusal(hf)
+    # a hub model: its size is known once E is, at the first rollout, with the same message
+    with pytest.raises(
+        ConfigTypeError, match=r"representer\.noise_top_k=34: must be <= 33 \(the model's hidden"
+    ):
+        SoftRepresenter(noise_top_k=34).prepare(torch.zeros(300, 32))
+    SoftRepresenter(noise_top_k=33).prepare(torch.zeros(300, 32))
+
+
+def test_noise_min_entropy_no_step_can_reach_is_refused():
+    ln_v = math.log(456)  # the embedded model's vocabulary
+    check_config_types(
+        compose_train(["representer=soft", f"representer.noise_min_entropy={ln_v - 0.01}"], NOWHERE)
+    )
+    assert _refusal(f"representer=soft representer.noise_min_entropy={ln_v}") == (
+        f"config key representer.noise_min_entropy={ln_v!r}: must be < ln V = 6.1225 (V = 456, the model's "
+        "vocabulary: no next-token entropy reaches it, so no CoT step would get noise)"
+    )
+    with pytest.raises(ConfigTypeError, match=r"noise_min_entropy=6\.0: must be < ln V = 5\.7038 \(V = 300"):
+        SoftRepresenter(noise_min_entropy=6.0).prepare(torch.zeros(300, 32))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            "representer=soft representer.gamma=0",
+            "config key representer.gamma=0: training with soft or fuzzy",
+        ),
+        (
+            "representer=fuzzy representer.gamma=0.0",
+            "config key representer.gamma=0: training with soft or fuzzy",
+        ),
+        (
+            "representer=soft representer.greedy=true",
+            "config key representer.greedy=true: training needs sampled",
+        ),
+        (
+            "representer=fuzzy representer.greedy=true",
+            "config key representer.greedy=true: training needs sampled",
+        ),
+        (
+            "representer=gumbel representer.greedy=true",
+            "config key representer.greedy=true: training needs sampled",
+        ),
+    ],
+)
+def test_training_refuses_a_cot_without_noise(overrides, message):
+    assert message in _refusal(overrides)
+
+
+def test_evaluation_keeps_greedy_and_noise_free_settings():
+    cfg = compose_config("evaluate", ["settings.soft_sample.representer.gamma=0"], NOWHERE)
+    check_config_types(cfg)  # the greedy settings, and gamma 0, are inference settings
+    assert cfg.settings.soft_greedy.representer.greedy is True
+
+
+@pytest.mark.parametrize(
+    "overrides, taken_by",
+    [
+        (
+            "+representer.noise_top_k=2",
+            "HardRepresenter has no argument 'noise_top_k'; noise_top_k is taken by representer=fuzzy, soft.",
+        ),
+        (
+            "representer=gumbel +representer.noise_top_k=2",
+            "GumbelSoftmaxRepresenter has no argument 'noise_top_k'; noise_top_k is taken by representer=fuzzy, soft.",
+        ),
+        (
+            "experiment=embedded_soft representer=hard",
+            "HardRepresenter has no argument 'noise_top_k'; noise_top_k is taken by representer=fuzzy, soft.",
+        ),
+        (
+            "estimator=rloo +estimator.scale_rewards=batch",
+            "RLOO has no argument 'scale_rewards'; scale_rewards is taken by estimator=grpo.",
+        ),
+        (
+            "+module.optim.nesterov=true",
+            "OptimConfig has no argument 'nesterov'; OptimConfig takes betas, eps, lr,",
+        ),
+    ],
+)
+def test_a_key_its_target_does_not_take_names_the_choices_that_take_it(overrides, taken_by):
+    assert taken_by in _refusal(overrides)
+
+
+@pytest.mark.parametrize(
+    "override, allowed",
+    [
+        ("estimator.loss_type=foo", LOSS_TYPES),
+        ("estimator=grpo estimator.scale_rewards=foo", SCALE_REWARDS),
+        ("module.optim.name=adam", ("adamw", "sgd")),
+    ],
+)
+def test_unknown_options_name_the_allowed_values_from_the_code(override, allowed):
+    key = override.split()[-1].split("=")[0]
+    assert (
+        f"config key {key}='{override.split('=')[-1]}': must be one of {', '.join(allowed)} (an argument of"
+        in (_refusal(override))
+    )
+
+
+def test_literal_choices_come_from_the_code():
+    assert target_arguments("soft_tokens.estimators.RLOO")["loss_type"].choices() == LOSS_TYPES
+    assert target_arguments("soft_tokens.estimators.GRPO")["scale_rewards"].choices() == SCALE_REWARDS
+    assert target_arguments("soft_tokens.estimators.GRPO")["eps"].choices() is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.max_steps=abc", "trainer.max_steps='abc': expected int"),
+        ("trainer.max_steps=-5", "trainer.max_steps=-5: must be >= 1"),
+        ("trainer.max_steps=1.5", "trainer.max_steps=1.5: expected int"),
+        ("trainer.max_steps=-1", "trainer.max_steps=-1: must be >= 1"),  # a run has a finite length
+        ("trainer.max_steps=0", "trainer.max_steps=0: must be >= 1"),
+        (
+            "callbacks.model_checkpoint.every_n_train_steps=-1",
+            "callbacks.model_checkpoint.every_n_train_steps=-1: must be >= 0",
+        ),
+        ("callbacks.model_checkpoint.every_n_train_steps=2.5", "every_n_train_steps=2.5: expected int"),
+        ("fork=no", "config key fork='no': expected bool"),
+        ("export_policy=yes", "config key export_policy='yes': expected bool"),
+    ],
+)
+def test_step_counts_are_positive_integers_and_booleans_are_booleans(override, message):
+    assert message in _refusal(override)
+
+
+def test_valid_step_counts_and_booleans_pass():
+    check_config_types(
+        compose_train(
+            ["trainer.max_steps=1", "callbacks.model_checkpoint.every_n_train_steps=0", "fork=false"], NOWHERE
+        )
     )

@@ -370,3 +370,30 @@ def test_train_refuses_bad_data_before_loading_the_model(tmp_path, monkeypatch, 
     monkeypatch.setattr(ModelConfig, "load_model", no_model)
     with pytest.raises(DataError, match=rf"long\.jsonl.*{error}"):
         train_script.train(cfg)
+
+
+def test_a_line_beyond_the_row_limit_is_refused_before_it_is_tokenized(tmp_path):
+    from soft_tokens.data.files import MAX_ROW_CHARS
+    from soft_tokens.data.lengths import PromptBudget
+
+    seen: list[int] = []
+
+    def tokenizer(prompts):
+        seen.extend(len(p) for p in prompts)
+        return {"input_ids": [[0] * 8 for _ in prompts]}
+
+    budget = PromptBudget(tokenizer, lambda q: q, max_positions=512, completion_tokens=100)
+    path = tmp_path / "huge.jsonl"
+    huge = json.dumps({"question": "x" * MAX_ROW_CHARS, "answer": "2"})  # 1,000,031 bytes with the keys
+    path.write_text(f'{{"question": "q1", "answer": "1"}}\n{huge}\n{{"question": "q3", "answer": "3"}}\n')
+    dm = instantiate("local", **{"train.path": str(path), "batch_size": 1})
+    dm.set_prompt_budget(budget)
+    with pytest.raises(
+        DataError, match=r"huge\.jsonl, line 2: 1,000,031 bytes, longer than the limit of 1,000,000"
+    ):
+        dm.setup("fit")
+    assert seen == []  # refused before the prompt budget tokenized anything
+    dm = instantiate("local", **{"train.path": str(path), "batch_size": 1, "on_bad_row": "skip"})
+    dm.set_prompt_budget(budget)
+    dm.setup("fit")
+    assert [e.answer for e in dm.examples("train")] == ["1", "3"] and max(seen) < 100

@@ -6,8 +6,10 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -348,3 +350,149 @@ def test_ood_accuracy_has_its_standard_error(tmp_path, tiny_model_dir):
         if line.startswith("| arc |")
     )
     assert f"| {100 * p:.1f} ± {100 * scores['accuracy_se']:.1f} |" in row
+
+
+# ----- counts, `only`, batching and a folder without a tokenizer (issue 34, items 7 and the poor ones)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "max_examples=-1",
+            "config key max_examples=-1: expected an integer >= 1, or null (the whole split)",
+        ),
+        ("max_examples=0", "config key max_examples=0: expected an integer >= 1"),
+        ("max_examples=abc", "config key max_examples='abc': expected an integer >= 1"),
+        ("max_examples=1.5", "config key max_examples=1.5: expected an integer >= 1"),
+        ("num_samples=0", "config key num_samples=0: expected an integer >= 1"),
+        ("batch_size=0", "config key batch_size=0: expected an integer >= 1"),
+        ("save_completions=-1", "config key save_completions=-1: expected an integer >= 0"),
+        ("k_values=[1,16]", "config key k_values=[1, 16]: each k must lie in 1..num_samples=8"),
+        ("settings.hard_sample.num_samples=0", "config key settings.hard_sample.num_samples=0: expected an"),
+        ("only=hard_gredy", "config key only=['hard_gredy']: unknown settings ['hard_gredy']; configured: ["),
+        ("only=[]", "config key only=[]: names no setting (null runs them all)"),
+    ],
+)
+def test_evaluate_counts_and_names_are_refused_naming_the_key(override, message):
+    from soft_tokens.config_types import ConfigTypeError
+    from soft_tokens.eval.options import check_eval_options
+
+    cfg = compose_cfg("evaluate", [override], Path("unused"))
+    with pytest.raises(ConfigTypeError) as err:
+        check_eval_options(cfg)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_max_examples_null_is_the_whole_split_and_one_name_is_one_setting():
+    from soft_tokens.eval.options import check_eval_options
+    from soft_tokens.eval.run import _examples
+    from soft_tokens.eval.solve import build_settings
+
+    cfg = compose_cfg("evaluate", ["only=hard_greedy"], Path("unused"))
+    check_eval_options(cfg)  # max_examples: null, only: a single name
+    assert cfg.max_examples is None and len(_examples(cfg)) == cfg.data.test.n == 500
+    assert [s.name for s in build_settings(cfg.settings, cfg.only)] == ["hard_greedy"]  # not its characters
+
+
+def test_bad_max_examples_stops_evaluate_before_torch_loads(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "evaluate.py", "max_examples=-1", f"paths.log_dir={tmp_path}"],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "config error: config key max_examples=-1: expected an integer >= 1" in out.stderr, out.stderr[
+        -2000:
+    ]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "import time:" in line}
+    assert "omegaconf" in imported and "torch" not in imported
+
+
+class _CountingEngine:
+    """A rollout engine that records the rows of each call and answers each prompt with its own text."""
+
+    def __init__(self, max_cot_tokens: int = 3):
+        self.cfg = type("Cfg", (), {"max_cot_tokens": max_cot_tokens})()
+        self.calls: list[int] = []
+
+    def generate(self, model, prompts, representer, answer_greedy=True, generator=None):
+        n, L = len(prompts), self.cfg.max_cot_tokens
+        self.calls.append(n)
+        u = torch.rand(n, generator=generator)  # consumes the stream as a real sampled rollout would
+        return type(
+            "Ro",
+            (),
+            {
+                "completions": [f"{p}|{float(x):.6f}" for p, x in zip(prompts, u)],
+                "cot_texts": list(prompts),
+                "cot_lengths": torch.full((n,), L),
+                "entropy": torch.ones(n, L),
+                "cot_mask": torch.ones(n, L, dtype=torch.bool),
+            },
+        )()
+
+
+def _solve_counting(k: int, batch_size: int, n_problems: int = 5):
+    from soft_tokens.data.types import Example
+    from soft_tokens.eval.solve import InferenceSetting, solve
+    from soft_tokens.representers import HardRepresenter
+
+    examples = [Example(question=f"q{i}", answer=f"q{i}") for i in range(n_problems)]
+    engine, done = _CountingEngine(), []
+
+    def score(completions, golds):  # correct when the completion answers its own problem
+        ok = torch.tensor([c.split("|")[0] == g for c, g in zip(completions, golds)])
+        return ok.float(), ok
+
+    sol = solve(
+        torch.nn.Linear(1, 1),
+        engine,
+        lambda q: q,
+        examples,
+        InferenceSetting("s", HardRepresenter(), k),
+        score,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(0),
+        progress=done.append,
+    )
+    return sol, engine.calls, done
+
+
+def test_samples_are_chunked_by_batch_size_and_small_counts_are_unchanged():
+    # Whole groups fit: the calls are those of before (2 problems x 2 samples per call of at most 5 rows).
+    sol, calls, done = _solve_counting(k=2, batch_size=5)
+    assert calls == [4, 4, 2] and done == [2, 2, 1] and bool(sol.correct.all())
+    # as the code before the change gave them (same calls, same draws of the generator, same grouping)
+    assert sol.completions[0] == ["q0|0.496257", "q0|0.768222"]
+    assert sol.completions[4] == ["q4|0.455628", "q4|0.632306"]
+    # One problem's 7 samples no longer make one 7-row batch: at most batch_size rows per forward.
+    sol, calls, done = _solve_counting(k=7, batch_size=3, n_problems=2)
+    assert calls == [3, 3, 3, 3, 2] and max(calls) <= 3 and sum(done) == 2 and done == [0, 0, 1, 0, 1]
+    assert sol.correct.shape == (2, 7) and bool(sol.correct.all()) and sol.cot_lengths.shape == (2, 7)
+    assert [c.split("|")[0] for c in sol.completions[1]] == ["q1"] * 7
+
+
+def test_policy_folder_without_tokenizer_says_which_it_uses(tmp_path, tiny_model_dir, caplog):
+    from soft_tokens.model_files import TOKENIZER_FILES
+
+    folder = tmp_path / "policy"
+    shutil.copytree(tiny_model_dir, folder)
+    for name in TOKENIZER_FILES:
+        (folder / name).unlink(missing_ok=True)
+    with caplog.at_level(logging.WARNING):
+        _, tokenizer, _ = load_policy(ModelConfig(name_or_path=str(tiny_model_dir)), folder)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"checkpoint={folder} has no tokenizer" in m
+        and f"using the tokenizer of model.name_or_path={tiny_model_dir}" in m
+        for m in warned
+    ), warned
+    assert tokenizer.name_or_path == str(tiny_model_dir)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_policy(ModelConfig(name_or_path=str(tiny_model_dir)), tiny_model_dir)  # its own: no warning
+    assert not [r for r in caplog.records if "has no tokenizer" in r.getMessage()]

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+from script_usage import usage_error
+
 from scripts import seed_table
 
 
@@ -32,3 +35,39 @@ def test_a_seed_split_over_two_evaluations(tmp_path):
     b = _results(tmp_path / "b", 0.50, 0.94)
     text = seed_table.main(["--group", f"hard={a}+{b}"])
     assert "| hard | 1 | 500 | 40.0 (one run; its SE 2.0) |" in text  # the first file's setting counts
+
+
+# ----- missing or unreadable inputs and garbage arguments (issue 34, item 9)
+
+
+@pytest.mark.parametrize(
+    ("group", "message"),
+    [
+        ("hard", "argument --group: 'hard': expected LABEL=DIR[,DIR...]"),
+        ("hard=", "argument --group: 'hard=': expected LABEL=DIR[,DIR...]"),
+        ("hard={tmp}/typo", "argument --group: {tmp}/typo: no such folder"),
+        ("hard={tmp}/a,{tmp}/empty", "{tmp}/empty: no results.json (not an evaluate.py output folder?)"),
+        ("hard={tmp}/bad", "{tmp}/bad/results.json: not valid JSON"),
+        ("hard={tmp}/list", "{tmp}/list/results.json: not an evaluate.py results.json"),
+    ],
+)
+def test_bad_groups_end_in_a_usage_message(tmp_path, capsys, group, message):
+    _results(tmp_path / "a", 0.40, 0.90)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{")
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "results.json").write_text("[]")
+    err = usage_error(seed_table.main, ["--group", group.format(tmp=tmp_path)], capsys)
+    assert message.format(tmp=tmp_path) in err
+
+
+def test_bad_k_and_out_into_a_missing_folder_are_usage_errors(tmp_path, capsys):
+    a = _results(tmp_path / "a", 0.40, 0.90)
+    assert "argument --k: 'x' is not an integer" in usage_error(
+        seed_table.main, ["--group", f"hard={a}", "--k", "x"], capsys
+    )
+    err = usage_error(
+        seed_table.main, ["--group", f"hard={a}", "--out", str(tmp_path / "no" / "t.md")], capsys
+    )
+    assert f"no such folder {tmp_path / 'no'} (create it first)" in err

@@ -357,3 +357,69 @@ def test_arith_source_splits_are_disjoint_and_deterministic():
     assert all(e.answer.lstrip("-").isdigit() for e in train)
     ops = ArithSource("train", n=20, min_ops=1, max_ops=1).load()
     assert all(e.solution.count("=") == 1 for e in ops)
+
+
+# ---- rows beyond the size limit, unreadable golds and repeated ids (issue 34)
+
+
+def test_question_beyond_the_row_limit_is_a_bad_row_in_every_format(tmp_path):
+    from soft_tokens.data.files import MAX_ROW_CHARS
+
+    rows = [{"question": "q1", "answer": "1"}, {"question": "é" * (MAX_ROW_CHARS + 1), "answer": "2"}]
+    listed = tmp_path / "rows.json"
+    listed.write_text(json.dumps(rows))
+    with pytest.raises(
+        DataError,
+        match=r"rows\.json, row 1: 1,000,001 characters in question field 'question', longer than the limit of "
+        r"1,000,000 for one row \(soft_tokens\.data\.files\.MAX_ROW_CHARS\)",
+    ):
+        LocalSource(listed).load()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    src = LocalSource(tmp_path / "rows.parquet", on_bad_row="skip")
+    assert [e.answer for e in src.load()] == ["1"] and src.n_skipped == 1
+
+
+def test_unreadable_golds_are_counted_and_named(tmp_path, caplog):
+    rows = [
+        {"question": f"q{i}", "answer": f"step\n#### {a}"}
+        for i, a in enumerate(["12", "forty", "1,000", "$5"])
+    ]
+    path = write_jsonl(tmp_path / "gsm.jsonl", rows)
+    with caplog.at_level(logging.WARNING):
+        examples = LocalSource(path, answer_format="gsm8k").load()
+    assert [e.answer for e in examples] == ["12", "forty", "1000", "$5"]  # kept
+    warned = [r.getMessage() for r in caplog.records if "gold answers" in r.getMessage()]
+    assert warned == [
+        f"2 of 4 gold answers may not be readable by the reward (kept; every answer to them may score 0): "
+        f"{path}, line 2: 'forty' (not a number (GSM8K golds are)); {path}, line 4: '$5' (not a number (GSM8K golds are))"
+    ]
+    caplog.clear()
+    math_rows = [
+        {"problem": "p", "answer": "\\frac{1}{2", "solution": "s"},
+        {"problem": "p", "answer": "x", "solution": "s"},
+    ]
+    with caplog.at_level(logging.WARNING):
+        LocalSource(write_jsonl(tmp_path / "m.jsonl", math_rows), **MATH_FIELDS).load()
+    assert (
+        "1 of 2 gold answers" in caplog.text
+        and "m.jsonl, line 1: '\\\\frac{1}{2' (unbalanced braces)" in caplog.text
+    )
+
+
+def test_repeated_ids_are_counted_and_named(tmp_path, caplog):
+    rows = [{"id": i, "question": "q", "answer": "1"} for i in ("a", "b", "a", "c", "b", "a", "a")]
+    path = write_jsonl(tmp_path / "ids.jsonl", rows)
+    with caplog.at_level(logging.WARNING):
+        assert (
+            len(LocalSource(path, id_field="id").load()) == 7
+        )  # kept: ids label rows, nothing is keyed by them
+    warned = [r.getMessage() for r in caplog.records if "repeat the id" in r.getMessage()]
+    assert warned == [
+        f"4 rows repeat the id of an earlier row: {path}, line 3: id 'a' (first at {path}, line 1); "
+        f"{path}, line 5: id 'b' (first at {path}, line 2); {path}, line 6: id 'a' (first at {path}, line 1); "
+        "and 1 more"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        LocalSource(path).load()  # the default ids (file stem and row) are distinct
+    assert "repeat the id" not in caplog.text

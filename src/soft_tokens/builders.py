@@ -1,7 +1,7 @@
 """A training run's objects from its composed Hydra config: the module, the callbacks and the loggers.
 
-train.py builds its run with these (tests and benchmarks build modules the same way); `RunWandbLogger` is the
-logger class conf/logger/wandb.yaml names.
+train.py builds its run with these (tests and benchmarks build modules the same way); `RunWandbLogger` and
+`RunTensorBoardLogger` are the logger classes conf/logger/wandb.yaml and tensorboard.yaml name.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import netrc
 import os
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -19,6 +20,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from soft_tokens.atomic_write import write_failed
 from soft_tokens.model_files import check_chat_template
 from soft_tokens.module import SoftTokensModule
 
@@ -86,6 +88,19 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, int | 
         else:
             flat[name] = value if isinstance(value, int | float | str | bool) else repr(value)
     return flat
+
+
+class RunTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoardLogger; a failed write (a full disk) names the log folder and says the disk may be
+    full, where Lightning would say "you tried to log 0.3 which is currently not supported"."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        try:
+            super().log_metrics(metrics, step)
+        except ValueError as err:
+            if isinstance(err.__cause__, OSError):
+                raise write_failed(Path(self.log_dir), err.__cause__) from err.__cause__
+            raise
 
 
 class RunWandbLogger(WandbLogger):

@@ -5,14 +5,26 @@ The annotations are read from the source (ast), not imported, so that a wrong va
 `module.optim.lr=0`) is reported with its key in about a second, before torch, transformers and Lightning
 load. The source is followed as Python would: a `_target_` re-exported by a package `__init__.py`, a class
 without `__init__` or whose `__init__` hands `**kwargs` to its base (the base's arguments), and a dataclass
-field annotated with another first-party class (`model.lora`: LoraSettings).
+field annotated with another first-party class (`model.lora`: LoraSettings). A `Literal` annotation (or a
+module-level alias of one: `loss_type: LossType`) lists the values a key may take, and a key that its
+first-party `_target_` does not take (`+representer.noise_top_k=2` on hard) is named with the choices that
+take it. Every float is finite unless its range in RANGES includes infinity.
+
+Some checks need more than one key: in a training config (one with `module` and `estimator`) the CoT must
+be sampled (`representer.greedy=false`, soft/fuzzy `gamma` > 0), and placed noise must fit the model, whose
+hidden size and vocabulary are read from its local `config.json` (`check_noise_fits`; the soft representer
+repeats the check on the embedding matrix when the model's folder is not local).
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import math
+import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -54,10 +66,12 @@ RANGES: dict[str, str] = {
     "representer.gamma": ">= 0",
     "representer.noise_top_k": ">= 2",
     "representer.noise_min_entropy": ">= 0",
+    "representer.noise_logits_top_k": ">= 2",
+    "representer.min_logprob": "< 0",
     "representer.top_k": ">= 1",
     "representer.top_p": "(0, 1]",
     "representer.min_p": "[0, 1]",
-    "representer.beta": ">= 0",
+    "representer.beta": "[0, inf]",  # mixture_of_inputs: inf feeds the sampled token alone (plain hard tokens)
     "representer.stop_entropy": ">= 0",
     "representer.stop_patience": ">= 1",
     "estimator.beta": ">= 0",  # the KL coefficient: negative would push the policy away from the reference
@@ -74,6 +88,22 @@ RANGES: dict[str, str] = {
     "callbacks.math_eval.batch_size": ">= 1",
     "callbacks.math_eval.max_examples": ">= 1",
     "torch_threads": ">= 1",
+    # finite: the cosine schedule, the last checkpoint and the export happen at max_steps (-1, Lightning's
+    # "unlimited", would train until killed with the schedule's horizon silently set to 1000 steps)
+    "trainer.max_steps": ">= 1",
+    "callbacks.model_checkpoint.every_n_train_steps": ">= 0",  # 0: only the save at the last step
+}
+
+# The type of keys that no first-party `_target_` annotates (top-level settings, Lightning's arguments); a
+# key matches each config key ending with it, as in RANGES.
+TYPES: dict[str, str] = {
+    "seed": "int",
+    "fork": "bool",
+    "export_policy": "bool",
+    "sampling_temperature": "float",
+    "torch_threads": "int | None",
+    "trainer.max_steps": "int",
+    "callbacks.model_checkpoint.every_n_train_steps": "int | None",
 }
 
 
@@ -92,8 +122,8 @@ class Range:
     text: str = ""
 
     def __contains__(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
+        if not math.isfinite(value):  # infinity only where a bound is written as a closed inf: "[0, inf]"
+            return (value == self.low and self.low_closed) or (value == self.high and self.high_closed)
         above = self.low is None or value > self.low or (self.low_closed and value == self.low)
         below = self.high is None or value < self.high or (self.high_closed and value == self.high)
         return above and below
@@ -126,8 +156,13 @@ def range_of(key: str) -> Range | None:
 
 
 def check_value(key: str, value: Any) -> None:
-    """Raise ConfigTypeError naming `key` if `value` is not a number in its range (nothing if no range)."""
+    """Raise ConfigTypeError naming `key` if `value` is not a number in its range (nothing if no range), or is
+    an infinite or NaN float of a key without a range."""
     allowed = range_of(key)
+    if allowed is None and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigTypeError(
+            f"config key {key}={value!r}: must be a finite number; fix the override or the YAML"
+        )
     if allowed is None or value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -140,8 +175,95 @@ def check_value(key: str, value: Any) -> None:
 
 
 def check_config_types(cfg: DictConfig) -> None:
-    """Raise ConfigTypeError naming the key for a knob of the wrong type (first-party `_target_`s) or range."""
-    _check_node(OmegaConf.to_container(cfg, resolve=True), "", "")
+    """Raise ConfigTypeError naming the key for a knob of the wrong type (first-party `_target_`s), range or
+    choice, a key its `_target_` does not take, or a value the run's model or training cannot use."""
+    node = OmegaConf.to_container(cfg, resolve=True)
+    _check_node(node, "", "")
+    if (
+        isinstance(node.get("module"), dict)
+        and isinstance(node.get("representer"), dict)
+        and "estimator" in node
+    ):
+        check_training_representer(node["representer"])
+    dims = model_dims(node)
+    if dims is not None:
+        for key, value in _leaves(node, ""):
+            if key.endswith("representer.noise_top_k") and value is not None:
+                check_noise_fits(key.removesuffix(".noise_top_k"), value, 0.0, *dims)
+            if key.endswith("representer.noise_min_entropy") and value is not None:
+                check_noise_fits(key.removesuffix(".noise_min_entropy"), None, value, *dims)
+
+
+def check_training_representer(representer: dict[str, Any]) -> None:
+    """Refuse a training representer whose CoT is not sampled: greedy, or soft/fuzzy without noise (gamma 0).
+    A training-free one (its class's `trainable` is False) is left to the module, which refuses it."""
+    target = representer.get("_target_")
+    if isinstance(target, str) and class_attribute(target, "trainable") is False:
+        return
+    if representer.get("greedy") is True:
+        raise ConfigTypeError(
+            "config key representer.greedy=true: training needs sampled CoT steps (greedy gives every sample "
+            "of a prompt the same CoT, with no log-probability to train); greedy is an inference setting "
+            "(evaluate.py's *_greedy settings, callbacks.math_eval); set representer.greedy=false"
+        )
+    if representer.get("gamma") == 0:
+        raise ConfigTypeError(
+            "config key representer.gamma=0: training with soft or fuzzy tokens needs noise, gamma > 0 (at 0 the "
+            "CoT input has no density: no CoT log-probability to train); gamma=0 is an inference setting "
+            "(evaluate.py)"
+        )
+
+
+def check_noise_fits(
+    prefix: str, top_k: int | None, min_entropy: float, hidden: int | None, vocab: int | None
+) -> None:
+    """Refuse placed noise that the model cannot give: more candidates than its hidden size + 1 (their
+    differences are linearly dependent: no density), or a forking threshold no next-token entropy reaches."""
+    if top_k is not None and hidden is not None and top_k > hidden + 1:
+        raise ConfigTypeError(
+            f"config key {prefix}.noise_top_k={top_k}: must be <= {hidden + 1} (the model's hidden size "
+            f"{hidden} + 1: the differences of more candidates are linearly dependent and have no density)"
+        )
+    if min_entropy and vocab is not None and min_entropy >= math.log(vocab):
+        raise ConfigTypeError(
+            f"config key {prefix}.noise_min_entropy={min_entropy!r}: must be < ln V = {math.log(vocab):.4f} "
+            f"(V = {vocab}, the model's vocabulary: no next-token entropy reaches it, so no CoT step would get "
+            "noise)"
+        )
+
+
+def model_dims(node: dict[str, Any]) -> tuple[int | None, int | None] | None:
+    """(hidden size, vocabulary size) of the config's model from its local config.json (evaluate.py's
+    `checkpoint` folder first), `model.config_overrides` applied; None when no such file is readable."""
+    model = node.get("model") if isinstance(node.get("model"), dict) else {}
+    checkpoint = node.get("checkpoint") if "settings" in node else None
+    folders = [Path(checkpoint), Path(checkpoint, "policy")] if isinstance(checkpoint, str) else []
+    if not folders or not any((f / "config.json").is_file() for f in folders):
+        source = model.get("architecture") if model.get("random_init") else None
+        name = source or model.get("name_or_path")
+        folders = [Path(name)] if isinstance(name, str) and name else []
+    for folder in folders:
+        try:
+            data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        text = data.get("text_config") if isinstance(data.get("text_config"), dict) else data
+        text = {**text, **(model.get("config_overrides") or {})}
+        hidden, vocab = (text.get(k) for k in ("hidden_size", "vocab_size"))
+        return (hidden if isinstance(hidden, int) else None), (vocab if isinstance(vocab, int) else None)
+    return None
+
+
+def _leaves(node: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """(full key, value) of every scalar under `node`."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, f"{path}[{i}]")
+    else:
+        yield path, node
 
 
 def _check_node(node: Any, path: str, owner: str) -> None:
@@ -156,17 +278,60 @@ def _check_node(node: Any, path: str, owner: str) -> None:
     target = node.get("_target_")
     owner = target if isinstance(target, str) else owner
     arguments = target_arguments(owner) if owner else {}
+    closed = bool(owner) and not takes_any_keyword(owner)
     for key, value in node.items():
         full = f"{path}.{key}" if path else str(key)
-        expected = arguments.get(str(key))
+        expected = arguments.get(str(key)) or _declared_type(full)
+        if expected is None and closed and not str(key).startswith("_"):
+            raise ConfigTypeError(_unknown_argument(full, owner))
+        of = f" (an argument of {owner})" if owner else ""
+        choices = expected.choices() if expected is not None else None
+        if choices is not None and value not in choices:
+            allowed = ", ".join("null" if c is None else str(c) for c in choices)
+            raise ConfigTypeError(
+                f"config key {full}={value!r}: must be one of {allowed}{of}; fix the override or the YAML"
+            )
         if expected is not None and _is_scalar(expected.text) and not _matches(value, expected.text):
             raise ConfigTypeError(
-                f"config key {full}={value!r}: expected {expected.text} (an argument of {owner}); "
-                f"fix the override or the YAML"
+                f"config key {full}={value!r}: expected {expected.text}{of}; fix the override or the YAML"
             )
         check_value(full, value)
         nested = expected.nested_class() if expected is not None and isinstance(value, dict) else ""
         _check_node(value, full, nested or "")
+
+
+def _declared_type(key: str) -> Annotation | None:
+    """The Annotation TYPES gives a full config key, if any."""
+    for suffix, text in TYPES.items():
+        if key == suffix or key.endswith("." + suffix):
+            return Annotation(text, "")
+    return None
+
+
+def _unknown_argument(full: str, owner: str) -> str:
+    """The message for a key that `owner` does not take: which choices of its group (or classes) take it."""
+    key = full.rsplit(".", 1)[-1]
+    group = full.rsplit(".", 2)[-2] if "." in full else ""
+    takers = [c for c, target in group_targets(group) if key in target_arguments(target)]
+    if takers:
+        where = f"{key} is taken by {group}={', '.join(takers)}"
+    else:
+        where = f"{owner.rsplit('.', 1)[-1]} takes {', '.join(sorted(target_arguments(owner)))}"
+    return (
+        f"config key {full}: {owner} has no argument {key!r}; {where}. Remove the key (or choose that "
+        f"{group or 'class'})"
+    )
+
+
+def group_targets(group: str) -> list[tuple[str, str]]:
+    """(choice, `_target_`) of each YAML file of the config group `group` under the project's conf/."""
+    root = os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[2]
+    out = []
+    for path in sorted(Path(root, "conf", group).glob("*.yaml")) if group.isidentifier() else []:
+        found = re.search(r"^_target_:\s*(\S+)", path.read_text(encoding="utf-8"), re.MULTILINE)
+        if found:
+            out.append((path.stem, found.group(1)))
+    return out
 
 
 def _matches(value: Any, annotation: str) -> bool:
@@ -201,6 +366,30 @@ class Annotation:
             if found and isinstance(found[1], ast.ClassDef):
                 return f"{found[0]}.{part}"
         return None
+
+    def choices(self) -> tuple[Any, ...] | None:
+        """The values a `Literal[...]` annotation (or a module-level alias of one) allows; None for others."""
+        try:
+            expression = ast.parse(self.text, mode="eval").body
+        except SyntaxError:
+            return None
+        return _literal_values(expression, self.module)
+
+
+def _literal_values(node: ast.expr, module: str, depth: int = 0) -> tuple[Any, ...] | None:
+    """The constants of `Literal[a, b] | None` (aliases followed from `module`); None if any part is not one."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        left, right = (_literal_values(side, module, depth) for side in (node.left, node.right))
+        return None if left is None or right is None else left + right
+    if isinstance(node, ast.Constant) and node.value is None:
+        return (None,)
+    if isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("Literal", "typing.Literal"):
+        items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        return tuple(i.value for i in items) if all(isinstance(i, ast.Constant) for i in items) else None
+    found = _find_definition(module, node.id) if isinstance(node, ast.Name) and module and depth < 8 else None
+    if found and isinstance(found[1], ast.Assign | ast.AnnAssign) and found[1].value is not None:
+        return _literal_values(found[1].value, found[0], depth + 1)
+    return None
 
 
 def target_arguments(target: str) -> dict[str, Annotation]:
@@ -244,18 +433,32 @@ def _top_statements(tree: ast.Module) -> list[ast.stmt]:
     return out
 
 
+Definition = ast.ClassDef | ast.FunctionDef | ast.Assign | ast.AnnAssign
+
+
+def _assigns(node: ast.stmt, name: str) -> bool:
+    """Whether `node` is a module-level `name = ...` or `name: T = ...`."""
+    targets = (
+        node.targets
+        if isinstance(node, ast.Assign)
+        else [node.target]
+        if isinstance(node, ast.AnnAssign)
+        else []
+    )
+    return any(isinstance(t, ast.Name) and t.id == name for t in targets)
+
+
 @cache
-def _find_definition(
-    module: str, name: str, depth: int = 0
-) -> tuple[str, ast.ClassDef | ast.FunctionDef] | None:
-    """(defining module, definition) of `name` as seen from `module`: defined there, or imported (re-exported)."""
+def _find_definition(module: str, name: str, depth: int = 0) -> tuple[str, Definition] | None:
+    """(defining module, definition) of `name` as seen from `module`: defined (a class, function or assignment)
+    there, or imported (re-exported)."""
     found = _module_tree(module) if depth < 8 else None
     if found is None:
         return None
     tree, is_package = found
     statements = _top_statements(tree)
     for node in statements:
-        if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name == name:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name == name or _assigns(node, name):
             return module, node
     for node in statements:
         if isinstance(node, ast.ImportFrom):
@@ -270,7 +473,7 @@ def class_arguments(module: str, name: str, depth: int = 0) -> dict[str, Annotat
     """Annotated arguments of `name` (seen from `module`): a function's, a class's `__init__`'s (plus its base's
     when it hands on `**kwargs` or has no `__init__`), or a dataclass's fields (plus its bases')."""
     found = _find_definition(module, name) if depth < 8 else None
-    if found is None:
+    if found is None or not isinstance(found[1], ast.ClassDef | ast.FunctionDef):
         return {}
     where, node = found
     if isinstance(node, ast.FunctionDef):
@@ -290,9 +493,51 @@ def class_arguments(module: str, name: str, depth: int = 0) -> dict[str, Annotat
     return {**inherited, **own}
 
 
+@cache
+def class_attribute(target: str, attribute: str, depth: int = 0) -> Any:
+    """The constant a first-party class (or its first-party bases) assigns to `attribute` in its body; None
+    if none is found."""
+    found = _find_definition(*target.rsplit(".", 1)) if "." in target and depth < 8 else None
+    if found is None or not isinstance(found[1], ast.ClassDef):
+        return None
+    where, node = found
+    for item in node.body:
+        if _assigns(item, attribute) and isinstance(item.value, ast.Constant):
+            return item.value.value
+    for base in (b for b in node.bases if isinstance(b, ast.Name)):
+        value = class_attribute(f"{where}.{base.id}", attribute, depth + 1)
+        if value is not None:
+            return value
+    return None
+
+
+@cache
+def takes_any_keyword(target: str, depth: int = 0) -> bool:
+    """Whether a `_target_` may take keywords beyond its named arguments: not first-party, or `**kwargs` that
+    do not (provably) go to a first-party base with named arguments only."""
+    if not target.startswith(tuple(f"{p}." for p in FIRST_PARTY)) or depth >= 8:
+        return True
+    found = _find_definition(*target.rsplit(".", 1))
+    if found is None or not isinstance(found[1], ast.ClassDef | ast.FunctionDef):
+        return True
+    where, node = found
+    if isinstance(node, ast.FunctionDef):
+        return node.args.kwarg is not None
+    init = next((i for i in node.body if isinstance(i, ast.FunctionDef) and i.name == "__init__"), None)
+    if init is not None and init.args.kwarg is None:
+        return False
+    if init is not None and not node.bases:
+        return True  # **kwargs kept by the class itself
+    return any(
+        not isinstance(base, ast.Name) or takes_any_keyword(f"{where}.{base.id}", depth + 1)
+        for base in node.bases
+    )
+
+
 def _signature(node: ast.FunctionDef, module: str) -> dict[str, Annotation]:
-    args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
-    return {a.arg: Annotation(ast.unparse(a.annotation), module) for a in args if a.annotation is not None}
+    """Every named argument but `self`, with its annotation ("" where it has none)."""
+    args = [a for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs if a.arg != "self"]
+    return {a.arg: Annotation(ast.unparse(a.annotation) if a.annotation else "", module) for a in args}
 
 
 def _is_dataclass(node: ast.ClassDef) -> bool:

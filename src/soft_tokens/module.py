@@ -33,7 +33,7 @@ from soft_tokens.lora import (
 )
 from soft_tokens.models import ModelConfig
 from soft_tokens.non_finite import NonFiniteLossError, non_finite_message
-from soft_tokens.optim import OptimConfig, build_optimizer
+from soft_tokens.optim import OptimConfig, apply_changed_settings, build_optimizer
 from soft_tokens.optimizer_step import (
     clip_and_step,
     configure_zero_clipping,
@@ -307,12 +307,31 @@ class SoftTokensModule(L.LightningModule):
         if is_peft(self.policy):  # LoRA: the base weights the checkpoint left out are the loaded ones
             checkpoint["state_dict"] = {**self.state_dict(), **checkpoint["state_dict"]}
         self._rng_to_restore = checkpoint.get("rollout_rng")
+        parent = checkpoint.get("hyper_parameters") or {}
+        # A fork with a new seed draws new rollouts (a resume cannot change the seed: it keeps its stream).
+        if "seed" in parent and int(parent["seed"]) != self.seed:
+            log.info(
+                "rollout stream seeded from seed=%d, not restored (the checkpoint's: seed=%s)",
+                self.seed,
+                parent["seed"],
+            )
+            self._rng_to_restore, self.generator = None, None
+        self._parent_optim = parent.get("optim")
 
     def on_train_start(self) -> None:
+        """After Lightning restored a checkpoint: the rollout stream, and a fork's changed optimizer settings."""
         state = getattr(self, "_rng_to_restore", None)
         if state is not None:
             self.rollout_generator().set_state(state.cpu())
             self._rng_to_restore = None
+        before, self._parent_optim = getattr(self, "_parent_optim", None), None
+        if before:
+            opt = self.optimizers(use_pl_optimizer=False)
+            changed = apply_changed_settings(opt, self.lr_schedulers(), before, self.optim_cfg)
+            if changed:
+                log.info(
+                    "optimizer settings of the checkpoint replaced by this run's: %s", ", ".join(changed)
+                )
 
     # ----- export -----
     def save_policy(self, path: str) -> None:

@@ -17,7 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from soft_tokens.run_folder import CHECKPOINT_FOLDER, check_checkpoint_file
-from soft_tokens.run_summary import RunRefused
+from soft_tokens.run_summary import COMPLETED, RunFinished, RunRefused, read_summary
 
 RECORD = "config.yaml"
 PARENT = "parent.json"
@@ -34,8 +34,9 @@ NOT_DEFINING = (
     "module.rollout.direct_decode",
     "data.num_workers",
 )
-# Settings a fork cannot change either: the checkpoint's weights must fit the model, and Lightning restores
-# the optimizer and its learning-rate schedule from the checkpoint (a changed module.optim would be ignored).
+# Settings a fork cannot change either: the checkpoint's weights must fit the model, and the optimizer state
+# and schedule Lightning restores must fit the optimizer and scheduler. (A fork's new lr, weight decay,
+# betas, eps or momentum are applied to the restored optimizer: SoftTokensModule.on_train_start.)
 KEPT_BY_FORKS = (
     "model.name_or_path",
     "model.architecture",
@@ -43,12 +44,15 @@ KEPT_BY_FORKS = (
     "model.untie_embeddings",
     "model.lora.r",
     "model.lora.target_modules",
-    "module.optim",
+    "module.optim.name",
+    "module.optim.scheduler",
 )
 
 
 class ResumeRefused(RunRefused):
     """A resume that would mix two runs in one folder, or a checkpoint that cannot be resumed from."""
+
+    kind = "resume refused"
 
 
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -64,16 +68,17 @@ def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """{key: value} of the settings that define a run, in a resolved config; the repository root as a name."""
-    root = str((config.get("paths") or {}).get("root_dir") or "")
+def run_settings(config: Mapping[str, Any], root: str | None = None) -> dict[str, Any]:
+    """{key: value} of the settings that define a run, in a resolved config; with `root` (this checkout's
+    root), a path under the config's own repository root is read as the same path under `root`."""
+    own = str((config.get("paths") or {}).get("root_dir") or "")
     flat = _flatten({k: config[k] for k in DEFINING if k in config}, "", {})
     out = {}
     for key, value in flat.items():
         if _under(key, NOT_DEFINING):
             continue
-        if root and root != "." and isinstance(value, str) and value.startswith(root):
-            value = "${paths.root_dir}" + value[len(root) :]  # a run folder copied to another checkout
+        if root and own not in ("", ".") and isinstance(value, str) and value.startswith(own):
+            value = root + value[len(own) :]  # a run folder copied to another checkout
         out[key] = value
     return out
 
@@ -104,12 +109,13 @@ def run_of(ckpt_path: str | Path) -> Path | None:
     return run if ckpt.parent.name == CHECKPOINT_FOLDER and (run / RECORD).is_file() else None
 
 
-def recorded_settings(ckpt_path: str | Path) -> tuple[dict[str, Any], str]:
-    """(the settings the checkpoint's run was started with, where they were read)."""
+def recorded_settings(ckpt_path: str | Path, root: str | None = None) -> tuple[dict[str, Any], str]:
+    """(the settings the checkpoint's run was started with, its paths under `root`; where they were read)."""
     run = run_of(ckpt_path)
     if run is not None:
         try:
-            return run_settings(yaml.safe_load((run / RECORD).read_text()) or {}), str(run / RECORD)
+            recorded = yaml.safe_load((run / RECORD).read_text()) or {}
+            return run_settings(recorded, root), str(run / RECORD)
         except (yaml.YAMLError, OSError, AttributeError) as err:
             raise ResumeRefused(f"{run / RECORD}: the run's settings cannot be read ({err})") from None
     import torch
@@ -132,27 +138,68 @@ def check_resume(cfg: DictConfig) -> dict[str, Any] | None:
             )
         return None
     try:
-        check_checkpoint_file(ckpt_path)
+        check_checkpoint_file(ckpt_path, folders=True)
     except (OSError, ValueError) as err:
         raise ResumeRefused(str(err)) from None
-    before, where = recorded_settings(ckpt_path)
-    changed = changes(before, run_settings(OmegaConf.to_container(cfg, resolve=True)))
+    current = OmegaConf.to_container(cfg, resolve=True)
+    root = str((current.get("paths") or {}).get("root_dir") or "")
+    root = root if root not in ("", ".") else None
+    before, where = recorded_settings(ckpt_path, root)
+    changed = changes(before, run_settings(current, root))  # resolved values on both sides
     kept = {k: v for k, v in changed.items() if _under(k, KEPT_BY_FORKS)}
     if fork and kept:
         raise ResumeRefused(
-            f"ckpt_path={ckpt_path}: a fork keeps the model, its LoRA layout and the optimizer of its checkpoint "
-            f"({where}), but these changed: {_listed(kept)}. Start a new run without ckpt_path instead"
+            f"ckpt_path={ckpt_path}: a fork keeps the model, its LoRA layout and the optimizer and scheduler of "
+            f"its checkpoint ({where}), but these changed: {_listed(kept)}. Start a new run without ckpt_path "
+            "instead"
         )
     if changed and not fork:
+        way_out = (
+            "add fork=true to start a new run folder from this checkpoint with the new settings"
+            if not kept
+            else f"start a new run without ckpt_path (a fork, fork=true, cannot change {', '.join(kept)} either)"
+        )
         raise ResumeRefused(
             f"ckpt_path={ckpt_path}: resuming continues the run with its own settings ({where}), but these changed: "
-            f"{_listed(changed)}. Drop these overrides to resume it, or add fork=true to start a new run folder "
-            "from this checkpoint with the new settings (docs/resuming.md)"
+            f"{_listed(changed)}. Drop these overrides to resume it, or {way_out} (docs/resuming.md)"
         )
     if not fork:
         return None
     parent = run_of(ckpt_path)
     return {"parent_run": str(parent or ""), "checkpoint": str(Path(ckpt_path).resolve()), "changed": changed}
+
+
+def checkpoint_step(ckpt_path: str | Path) -> int | None:
+    """The global step a checkpoint file holds (None for a checkpoint folder or an unreadable file)."""
+    import torch
+
+    if Path(ckpt_path).is_dir():
+        return None
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        return int(checkpoint["global_step"])
+    except Exception:  # noqa: BLE001 - the resume itself reports an unreadable checkpoint
+        return None
+
+
+def check_unfinished(cfg: DictConfig) -> None:
+    """Refuse, as RunFinished, a resume of a completed run whose checkpoint is already at trainer.max_steps:
+    it would train nothing and rewrite the run's summary. Reads only; writes nothing."""
+    ckpt_path, max_steps = cfg.get("ckpt_path"), int(cfg.trainer.get("max_steps") or -1)
+    if not ckpt_path or bool(cfg.get("fork")) or max_steps <= 0:
+        return
+    try:
+        summary = read_summary(cfg.paths.output_dir)
+    except (OSError, ValueError):
+        return
+    step = checkpoint_step(ckpt_path) if summary["status"] == COMPLETED else None
+    if step is None or step < max_steps:
+        return
+    raise RunFinished(
+        f"this run ({cfg.paths.output_dir}) finished at step {step} (trainer.max_steps={max_steps}); nothing "
+        f"to do, nothing changed. To train longer raise trainer.max_steps (e.g. trainer.max_steps={2 * step}) "
+        f"with the same ckpt_path; to start a new run from it with other settings add fork=true"
+    )
 
 
 def write_parent(out_dir: str | Path, record: Mapping[str, Any]) -> Path:

@@ -14,12 +14,10 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-if TYPE_CHECKING:
-    import lightning as L
+from soft_tokens.run_summary import StartRefused
 
 CHECKPOINT_FOLDER = "checkpoints"
 HYDRA_SUBDIR, RESUMES = ".hydra", "resumes"
@@ -95,19 +93,36 @@ def register_resolver() -> None:
 
 
 def check_writable(folder: str | Path, what: str) -> None:
-    """Create `folder` if needed and write a probe file in it; raise naming it if either fails."""
+    """Create `folder` if needed and write a probe file in it; raise StartRefused naming it if either fails."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
             pass
     except OSError as err:
-        raise PermissionError(f"the {what} {folder} is not a writable folder: {err}") from None
+        raise StartRefused(f"the {what} {folder} is not a writable folder: {err}") from None
 
 
-def check_checkpoint_file(path: str | Path, option: str = "ckpt_path") -> None:
-    """Refuse a checkpoint that is missing, empty or not a complete torch archive (zip), naming `option`."""
+# Files that make a folder a checkpoint: DeepSpeed's (`latest` names its tag) and sharded FSDP's metadata.
+CHECKPOINT_FOLDER_MARKERS = ("latest", "meta.pt")
+
+
+def is_checkpoint_folder(path: str | Path) -> bool:
+    """Whether `path` is a checkpoint written as a folder (DeepSpeed, sharded FSDP)."""
+    return Path(path).is_dir() and any((Path(path) / m).is_file() for m in CHECKPOINT_FOLDER_MARKERS)
+
+
+def check_checkpoint_file(path: str | Path, option: str = "ckpt_path", folders: bool = False) -> None:
+    """Refuse a checkpoint that is missing, a folder, empty or not a complete torch archive (zip), naming
+    `option`; with `folders`, a DeepSpeed or sharded checkpoint folder is accepted."""
     path = Path(path)
+    if path.is_dir():
+        if folders and is_checkpoint_folder(path):
+            return
+        raise IsADirectoryError(
+            f"{option}={path}: a folder, not a checkpoint file; pass a .ckpt file a training run wrote in "
+            "<run>/checkpoints/ (e.g. <run>/checkpoints/last.ckpt)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{option}={path}: no such file")
     if path.stat().st_size == 0:
@@ -119,11 +134,14 @@ def check_checkpoint_file(path: str | Path, option: str = "ckpt_path") -> None:
         )
 
 
-def check_run(trainer: L.Trainer, out_dir: str | Path, ckpt_path: str | None) -> None:
-    """Before fitting: the run folder and every checkpoint folder are writable, the resume checkpoint is sound."""
+def check_start(out_dir: str | Path, checkpoint_folders: list[str | Path]) -> None:
+    """Before anything of a run is written: the run folder and every checkpoint folder are writable."""
     check_writable(out_dir, "run folder")
-    for callback in trainer.checkpoint_callbacks:
-        if getattr(callback, "dirpath", None):
-            check_writable(callback.dirpath, "checkpoint folder")
-    if ckpt_path:
-        check_checkpoint_file(ckpt_path)
+    for folder in checkpoint_folders:
+        check_writable(folder, "checkpoint folder")
+
+
+def checkpoint_folders(cfg: DictConfig) -> list[Path]:
+    """The folders the configured checkpoint callbacks write to (their `dirpath`), before they are built."""
+    callbacks = cfg.get("callbacks") or {}
+    return [Path(c.dirpath) for c in callbacks.values() if c is not None and c.get("dirpath")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import traceback
@@ -9,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from soft_tokens.atomic_write import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +21,20 @@ COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
 
 
 class RunRefused(ValueError):
-    """A run refused before it began (an incompatible resume): its folder is left as it was, no summary."""
+    """A run refused before it began (an incompatible resume, a folder in use or not writable): its folder is
+    left as it was, no summary (a completed run's summary.json is kept)."""
+
+    kind = "run refused"  # how train.py's message starts
+
+
+class StartRefused(RunRefused, PermissionError):
+    """The run folder or a checkpoint folder is not writable: found before anything of the run is written."""
+
+
+class RunFinished(RunRefused):
+    """A resume of a run that already reached trainer.max_steps: nothing to do, nothing written."""
+
+    kind = "nothing to do"
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
@@ -33,6 +49,11 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(summary, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(summary).__name__}")
     return {"status": COMPLETED, **summary}
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """Write a finished run's summary.json atomically (a full disk leaves the old file, naming the path)."""
+    return atomic_write_text(Path(run_dir) / SUMMARY, json.dumps(summary, indent=1))
 
 
 def _log_file_in(run_dir: Path) -> Path | None:
@@ -53,11 +74,14 @@ def record_failure(run_dir: str | Path, err: BaseException) -> Path:
     log_file = _log_file_in(run_dir)
     if log_file is None:
         log_file = run_dir / LOG
-        with log_file.open("a") as f:
+        with contextlib.suppress(OSError), log_file.open("a") as f:  # a full disk: the error is raised anyway
             f.write(f"run failed:\n{trace}")
     summary = {"status": FAILED, "error": f"{type(err).__name__}: {err}", "log": log_file.name}
     path = run_dir / SUMMARY
-    path.write_text(json.dumps(summary, indent=1))
+    try:
+        atomic_write_text(path, json.dumps(summary, indent=1))
+    except OSError as write_err:  # a full disk: the run's own error stays the one raised
+        log.error("%s", write_err)
     return path
 
 

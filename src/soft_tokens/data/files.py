@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet")
+# A JSON line of more bytes than this, or a question of more characters, is a bad row, refused before it is
+# parsed or tokenized (tokenizing a 50 MB line took minutes and gigabytes before the prompt-length check
+# refused it): a math problem is a few thousand characters, and no model's context holds a million.
+MAX_ROW_CHARS = 1_000_000
 
 
 class DataError(ValueError):
@@ -91,6 +95,9 @@ def _json_lines(data: bytes) -> list[tuple[str, Any]]:
     for n, raw in enumerate(re.split(rb"\r?\n", data), start=1):
         if not raw.strip():
             continue
+        if len(raw) > MAX_ROW_CHARS:
+            rows.append((f"line {n}", too_long(len(raw), "bytes")))
+            continue
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -103,3 +110,11 @@ def _json_lines(data: bytes) -> list[tuple[str, Any]]:
         except json.JSONDecodeError as err:
             rows.append((f"line {n}", BadRow(f"invalid JSON: {err}")))
     return rows
+
+
+def too_long(size: int, unit: str) -> BadRow:
+    """The error of a row longer than MAX_ROW_CHARS."""
+    return BadRow(
+        f"{size:,} {unit}, longer than the limit of {MAX_ROW_CHARS:,} for one row "
+        "(soft_tokens.data.files.MAX_ROW_CHARS): not a math problem"
+    )

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from soft_tokens.boxed import last_boxed
-from soft_tokens.data.files import BadRow, DataError, check_extension, is_local_file, read_rows
+from soft_tokens.data.files import (
+    MAX_ROW_CHARS,
+    BadRow,
+    DataError,
+    check_extension,
+    is_local_file,
+    read_rows,
+    too_long,
+)
 from soft_tokens.data.types import Example
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,60 @@ def boxed_answer(text: str) -> str:
     if not answer:
         raise ValueError("empty \\boxed{} answer")
     return answer
+
+
+PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def gold_problem(answer: str, answer_format: str) -> str | None:
+    """Why the reward may not read a gold answer (None when it can): unbalanced braces, or a GSM8K gold
+    that is not a plain number."""
+    if answer.count("{") != answer.count("}"):
+        return "unbalanced braces"
+    if answer_format == "gsm8k" and not PLAIN_NUMBER.fullmatch(answer):
+        return "not a number (GSM8K golds are)"
+    return None
+
+
+def first_rows(items: list[str], shown: int = 3) -> str:
+    """The first few of a list of row descriptions, and how many more."""
+    more = f"; and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
+
+
+def warn_unreadable_golds(examples: list[Example], answer_format: str) -> int:
+    """Log a warning naming the first rows whose gold answer the reward may not read; their number."""
+    bad = [
+        f"{ex.origin or ex.id}: {ex.answer!r:.60} ({why})"
+        for ex in examples
+        if (why := gold_problem(ex.answer, answer_format))
+    ]
+    if bad:
+        log.warning(
+            "%d of %d gold answers may not be readable by the reward (kept; every answer to them may score 0): %s",
+            len(bad),
+            len(examples),
+            first_rows(bad),
+        )
+    return len(bad)
+
+
+def warn_duplicate_ids(examples: list[Example]) -> int:
+    """Log a warning naming the first rows whose id an earlier row has; their number.
+
+    Ids label the rows of batches and of evaluate.py's completions files; nothing looks an example up by
+    its id, so a repeated id is reported, not refused (a reader joining completions files by id would
+    mix those rows).
+    """
+    seen: dict[str, str] = {}
+    repeated = []
+    for ex in examples:
+        if ex.id in seen:
+            repeated.append(f"{ex.origin or ex.id}: id {ex.id!r} (first at {seen[ex.id]})")
+        seen.setdefault(ex.id, ex.origin or ex.id)
+    if repeated:
+        log.warning("%d rows repeat the id of an earlier row: %s", len(repeated), first_rows(repeated))
+    return len(repeated)
 
 
 # ----------------------------------------------------------------------------- embedded task
@@ -146,6 +208,8 @@ class RowSource:
         examples = list(islice(self._examples(), self.limit))
         if self.n_skipped:
             log.warning("skipped %d malformed rows (first: %s)", self.n_skipped, self._first_bad)
+        warn_unreadable_golds(examples, self.answer_format)
+        warn_duplicate_ids(examples)
         return examples
 
     def _examples(self) -> Iterator[Example]:
@@ -170,6 +234,8 @@ class RowSource:
             raise BadRow(
                 f"question field {self.question_field!r} is not a non-empty string: {question!r:.80}"
             )
+        if len(question) > MAX_ROW_CHARS:  # before anything tokenizes it
+            raise too_long(len(question), f"characters in question field {self.question_field!r}")
         solution = _text(row, self.solution_field, optional=True) if self.solution_field else None
         try:
             answer, solution = self._gold(row, solution)

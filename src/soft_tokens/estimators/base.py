@@ -15,11 +15,14 @@ the `StepTotals` of the whole step, so the micro-batches' losses sum to the unsp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-LOSS_TYPES = ("sequence_sum", "grpo", "bnpo", "dapo", "dr_grpo")
+# The allowed values, read by the config check before torch loads (soft_tokens.config_types).
+LossType = Literal["sequence_sum", "grpo", "bnpo", "dapo", "dr_grpo"]
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -86,7 +89,7 @@ class Estimator:
 
     def __init__(
         self,
-        loss_type: str = "sequence_sum",
+        loss_type: LossType = "sequence_sum",
         beta: float = 0.0,
         epsilon: float = 0.2,
         epsilon_high: float | None = None,

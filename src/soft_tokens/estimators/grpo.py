@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
-from soft_tokens.estimators.base import Estimator
+from soft_tokens.estimators.base import Estimator, LossType
 
-SCALE_REWARDS = ("group", "batch", "none")
+ScaleRewards = Literal["group", "batch", "none"]  # read by the config check (soft_tokens.config_types)
+SCALE_REWARDS: tuple[str, ...] = get_args(ScaleRewards)
 
 
 def grpo_advantages(rewards: Tensor, scale_rewards: str = "group", eps: float = 1e-4) -> Tensor:
@@ -33,7 +36,7 @@ class GRPO(Estimator):
     needs_group = True  # with G = 1 every centred reward is 0 (and the group std is NaN)
 
     def __init__(
-        self, scale_rewards: str = "group", eps: float = 1e-4, loss_type: str = "dapo", **kwargs
+        self, scale_rewards: ScaleRewards = "group", eps: float = 1e-4, loss_type: LossType = "dapo", **kwargs
     ) -> None:
         if scale_rewards not in SCALE_REWARDS:
             raise ValueError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from soft_tokens.estimators.base import Estimator
+from soft_tokens.estimators.base import Estimator, LossType
 
 
 def rloo_advantages(rewards: Tensor) -> Tensor:
@@ -23,7 +23,7 @@ class RLOO(Estimator):
 
     needs_group = True
 
-    def __init__(self, loss_type: str = "sequence_sum", **kwargs) -> None:
+    def __init__(self, loss_type: LossType = "sequence_sum", **kwargs) -> None:
         super().__init__(loss_type=loss_type, **kwargs)
 
     @torch.no_grad()

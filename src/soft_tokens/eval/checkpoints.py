@@ -6,6 +6,7 @@ Lightning checkpoints are read with plain torch.load(weights_only=True): tensors
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,9 +16,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from soft_tokens.lora import LoraSettings, is_adapter_state, merge_adapter_state
-from soft_tokens.model_files import check_model_folder
+from soft_tokens.model_files import TOKENIZER_FILES, check_model_folder
 from soft_tokens.models import ModelConfig, check_local_path, hub_errors
 from soft_tokens.run_folder import check_checkpoint_file
+
+log = logging.getLogger(__name__)
 
 
 def load_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -96,15 +99,35 @@ def load_policy(
     if not path.exists():
         return load_hub_policy(model_cfg, str(checkpoint))
     check_model_folder(path, "checkpoint")  # a Lightning .ckpt file, or else a Hugging Face model folder
-    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     cfg = _with(
         model_cfg,
         name_or_path=str(path),
-        tokenizer=str(path) if has_tokenizer else (model_cfg.tokenizer or model_cfg.name_or_path),
+        tokenizer=folder_tokenizer(path, model_cfg),
         random_init=False,
         revision=None,
     )
     return cfg.load_model().eval(), cfg.load_tokenizer(), str(path)
+
+
+def folder_tokenizer(path: Path, model_cfg: ModelConfig) -> str:
+    """The tokenizer of a policy folder: its own, else the model config's, with a warning saying which.
+
+    A policy saved by train.py (`save_policy`) carries its tokenizer and chat template; a folder without
+    one (weights saved by hand) is evaluated with the base model's, which must be the one it was trained with.
+    """
+    if any((path / f).is_file() for f in TOKENIZER_FILES):
+        return str(path)
+    fallback = str(model_cfg.tokenizer or model_cfg.name_or_path)
+    option = "model.tokenizer" if model_cfg.tokenizer else "model.name_or_path"
+    log.warning(
+        "checkpoint=%s has no tokenizer (%s; a policy saved by train.py carries one): using the tokenizer of "
+        "%s=%s; pass model.tokenizer=<folder> if the policy was trained with another",
+        path,
+        " or ".join(TOKENIZER_FILES[:2]),
+        option,
+        fallback,
+    )
+    return fallback
 
 
 def load_hub_policy(

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 
 from soft_tokens.data.types import Example
 from soft_tokens.eval.checkpoints import load_policy
+from soft_tokens.eval.options import check_eval_options
 from soft_tokens.eval.results import (
     EvalResults,
     SettingResult,
@@ -93,6 +94,7 @@ def solve_settings(
 
 def run_evaluation(cfg: DictConfig) -> EvalResults:
     """Run the evaluation a composed `conf/evaluate.yaml` describes and write its run folder."""
+    check_eval_options(cfg)  # evaluate.py checks them before torch loads; a direct call checks them here
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -134,6 +136,7 @@ def run_evaluation(cfg: DictConfig) -> EvalResults:
         ood=ood,
         meta={
             "checkpoint": None if cfg.checkpoint is None else str(cfg.checkpoint),
+            "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
             "max_cot_tokens": rollout_cfg.max_cot_tokens,
             "answer_max_tokens": rollout_cfg.answer_max_tokens,
             "seed": int(cfg.seed),

@@ -64,7 +64,9 @@ def build_setting(name: str, spec: Any) -> EvalSetting:
     rep = spec["representer"]
     if not isinstance(rep, TokenRepresenter):
         rep = instantiate(rep)
-    n = int(spec.get("num_samples") or 1)
+    n = 1 if spec.get("num_samples") is None else int(spec["num_samples"])
+    if n < 1:
+        raise ValueError(f"inference setting {name!r}: num_samples={n} must be at least 1")
     ks = sorted({int(k) for k in (spec.get("k_values") or default_k_values(n))})
     if ks[0] < 1 or ks[-1] > n:
         raise ValueError(f"inference setting {name!r}: k_values {ks} must lie in 1..num_samples={n}")
@@ -72,8 +74,10 @@ def build_setting(name: str, spec: Any) -> EvalSetting:
 
 
 def build_settings(specs: Mapping[str, Any], only: Sequence[str] | None = None) -> list[EvalSetting]:
-    """The settings of a config mapping (name -> spec), in order, keeping `only` those names if given."""
+    """The settings of a config mapping (name -> spec), in order, keeping `only` those names if given (a
+    single name is one name, not its characters)."""
     names = list(specs)
+    only = [only] if isinstance(only, str) else only
     if only:
         unknown = [n for n in only if n not in specs]
         if unknown:
@@ -114,38 +118,58 @@ def solve(
 ) -> Solutions:
     """Roll out every problem `setting.num_samples` times (answers greedy) and score the completions.
 
-    `score(completions, golds)` returns (rewards, correct) tensors. Batches hold whole sample groups.
+    `score(completions, golds)` returns (rewards, correct) tensors. A batch holds whole sample groups when
+    one fits in `batch_size` rows; larger groups are split, so no forward pass has more than `batch_size`
+    rows (at least one).
     """
     was_training = model.training
     model.eval()
     k = setting.num_samples
-    per_batch = max(1, batch_size // k)
-    correct, rewards, completions, cots, lengths = [], [], [], [], []
+    rows = [ex for ex in examples for _ in range(k)]  # row r samples problem r // k
+    step = batch_rows(batch_size, k)
+    rewards, correct, completions, cots, lengths = [], [], [], [], []
     L = engine.cfg.max_cot_tokens
     ent_sum, ent_count = torch.zeros(L), torch.zeros(L)
-    for i in range(0, len(examples), per_batch):
-        chunk = examples[i : i + per_batch]
-        prompts = [prompt(ex.question) for ex in chunk for _ in range(k)]
-        ro = engine.generate(model, prompts, setting.representer, answer_greedy=True, generator=generator)
-        r, c = score(ro.completions, [ex.answer for ex in chunk for _ in range(k)])
-        rewards.append(r.view(-1, k))
-        correct.append(c.view(-1, k))
-        completions += [ro.completions[j : j + k] for j in range(0, len(prompts), k)]
-        cots += [ro.cot_texts[j : j + k] for j in range(0, len(prompts), k)]
-        lengths.append(ro.cot_lengths.cpu().view(-1, k))
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        ro = engine.generate(
+            model,
+            [prompt(ex.question) for ex in chunk],
+            setting.representer,
+            answer_greedy=True,
+            generator=generator,
+        )
+        r, c = score(ro.completions, [ex.answer for ex in chunk])
+        rewards.append(r.reshape(-1))
+        correct.append(c.reshape(-1))
+        completions += ro.completions
+        cots += ro.cot_texts
+        lengths.append(ro.cot_lengths.cpu().reshape(-1))
         ent = (ro.entropy * ro.cot_mask).sum(0).cpu()[:L]
         ent_sum[: len(ent)] += ent
         ent_count[: len(ent)] += ro.cot_mask.sum(0).cpu()[:L].float()
         if progress is not None:
-            progress(len(chunk))
+            progress((start + len(chunk)) // k - start // k)  # the problems whose last sample is done
     model.train(was_training)
     empty = torch.zeros(0, k)
     return Solutions(
-        correct=torch.cat(correct) if correct else empty.bool(),
-        rewards=torch.cat(rewards) if rewards else empty,
-        completions=completions,
-        cot_texts=cots,
+        correct=torch.cat(correct).view(-1, k) if correct else empty.bool(),
+        rewards=torch.cat(rewards).view(-1, k) if rewards else empty,
+        completions=groups(completions, k),
+        cot_texts=groups(cots, k),
         entropy_sum=ent_sum,
         entropy_count=ent_count,
-        cot_lengths=torch.cat(lengths) if lengths else empty.long(),
+        cot_lengths=torch.cat(lengths).view(-1, k) if lengths else empty.long(),
     )
+
+
+def batch_rows(batch_size: int, k: int) -> int:
+    """Rows per generation call: the most whole groups of k samples in batch_size rows, else batch_size."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    return (batch_size // k) * k or batch_size
+
+
+def groups(items: list[str], k: int) -> list[list[str]]:
+    """Consecutive groups of k items (one problem's samples)."""
+    return [items[j : j + k] for j in range(0, len(items), k)]
