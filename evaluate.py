@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from soft_tokens.config_types import ConfigTypeError, check_config_types
 from soft_tokens.eval.options import check_eval_options
-from soft_tokens.run_folder import register_resolver
+from soft_tokens.runs.folder import register_resolver
 
 register_resolver()  # run_dir in conf/hydra/default.yaml
 

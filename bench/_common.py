@@ -32,10 +32,10 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from soft_tokens.markdown import markdown_table
-from soft_tokens.models import TORCH_DTYPES
+from soft_tokens.eval.markdown import markdown_table
+from soft_tokens.models.loading import TORCH_DTYPES
+from soft_tokens.models.tiny import tiny_llama, tiny_tokenizer
 from soft_tokens.representers import GumbelSoftmaxRepresenter, HardRepresenter, SoftRepresenter
-from soft_tokens.tiny import tiny_llama, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "assets" / "embedded"

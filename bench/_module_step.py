@@ -13,11 +13,11 @@ import torch
 from _common import PeakMeter, sync
 from torch.utils.data import DataLoader
 
-import soft_tokens.module as module_mod
-from soft_tokens.logprobs import StepLogProbs, input_embeds
-from soft_tokens.module import SoftTokensModule
+import soft_tokens.training.module as module_mod
 from soft_tokens.representers import Replay
 from soft_tokens.rollout import Rollout
+from soft_tokens.rollout.logprobs import StepLogProbs, input_embeds
+from soft_tokens.training.module import SoftTokensModule
 
 # What a short fit on one in-memory batch always says (train.py hides the last two as well).
 for message in ("does not have many workers", "no pre-optimization state", "in eval mode at the start"):
@@ -60,7 +60,9 @@ def log_prob_pass(impl: str):
     with mock.patch.object(module_mod, "rollout_log_probs", naive):
         yield
     if not calls:
-        raise SystemExit("soft_tokens.module no longer calls rollout_log_probs: update bench/_module_step.py")
+        raise SystemExit(
+            "soft_tokens.training.module no longer calls rollout_log_probs: update bench/_module_step.py"
+        )
 
 
 class RandomReward:

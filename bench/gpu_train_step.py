@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
 import train as train_script  # noqa: E402
-from soft_tokens import builders  # noqa: E402
+from soft_tokens.training import builders  # noqa: E402
 
 
 class StepTimer(L.Callback):

@@ -114,9 +114,9 @@ def child(args: argparse.Namespace) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from soft_tokens.builders import build_module
     from soft_tokens.data.lengths import prompt_budget
-    from soft_tokens.tiny import tiny_tokenizer
+    from soft_tokens.models.tiny import tiny_tokenizer
+    from soft_tokens.training.builders import build_module
 
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp())

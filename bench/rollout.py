@@ -58,7 +58,7 @@ from _rollout_report import COLUMNS, render, targets
 from torch import Tensor
 from transformers import CompileConfig
 
-from soft_tokens.models import TORCH_DTYPES
+from soft_tokens.models.loading import TORCH_DTYPES
 from soft_tokens.rollout import RolloutConfig, RolloutEngine, encode_prompts
 
 

@@ -4,7 +4,7 @@ Each variant fits the module under a Lightning Trainer for a few steps, as train
 samples per prompt (no gradient) -> rewards -> advantages -> teacher-forced log-probs -> RLOO loss ->
 backward -> clip -> optimizer step (learning rate 0, so every step sees the same weights). Per representer
 (hard, soft, fuzzy), two versions of the log-prob pass inside that step:
-- `ours`: the module as it is, `soft_tokens.logprobs.rollout_log_probs` (one decoder forward, then LM head
+- `ours`: the module as it is, `soft_tokens.rollout.logprobs.rollout_log_probs` (one decoder forward, then LM head
   + log-softmax at the generated positions only, `--chunk-size` positions at a time, each chunk under
   activation checkpointing);
 - `naive`: the same module with that function replaced by the straightforward one, which materialises
@@ -62,11 +62,11 @@ from _module_step import RandomReward, StepClock, StepMemory, fit, log_prob_pass
 
 from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.estimators import RLOO
-from soft_tokens.logprobs import rollout_log_probs
-from soft_tokens.models import TORCH_DTYPES, ModelConfig
-from soft_tokens.module import SoftTokensModule
-from soft_tokens.optim import OptimConfig
+from soft_tokens.models.loading import TORCH_DTYPES, ModelConfig
 from soft_tokens.rollout import Rollout, RolloutConfig
+from soft_tokens.rollout.logprobs import rollout_log_probs
+from soft_tokens.training.module import SoftTokensModule
+from soft_tokens.training.optim import OptimConfig
 
 IMPLS = ("ours", "naive")
 COLUMNS = [

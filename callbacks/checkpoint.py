@@ -12,7 +12,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from soft_tokens.atomic_write import atomic_write
+from soft_tokens.runs.atomic_write import atomic_write
 
 
 class StepCheckpoint(ModelCheckpoint):

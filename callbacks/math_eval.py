@@ -11,12 +11,12 @@ import torch
 
 from callbacks.periodic import PeriodicEval, tensorboard_writers
 from soft_tokens.data.types import Example
-from soft_tokens.distributed import full_parameters
+from soft_tokens.eval.metrics import EntropyProfile, MeanAccuracy, PassAtK
+from soft_tokens.eval.plots import entropy_figure
 from soft_tokens.eval.solve import EvalSetting, InferenceSetting, build_setting, solve
-from soft_tokens.metrics import EntropyProfile, MeanAccuracy, PassAtK
-from soft_tokens.plots import entropy_figure
 from soft_tokens.representers.base import TokenRepresenter
-from soft_tokens.seeding import mix_seed
+from soft_tokens.rollout.seeding import mix_seed
+from soft_tokens.training.distributed import full_parameters
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import lightning as L
 import torch
 
 from callbacks.periodic import PeriodicEval
-from soft_tokens.distributed import full_parameters
-from soft_tokens.metrics import MeanAccuracy, MeanNLL
-from soft_tokens.ood import ChoiceItem, load_choice_items, score_choices
+from soft_tokens.eval.metrics import MeanAccuracy, MeanNLL
+from soft_tokens.eval.ood import ChoiceItem, load_choice_items, score_choices
+from soft_tokens.training.distributed import full_parameters
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class OODEval(PeriodicEval):
     """Every `every_n_steps` optimizer steps (and at step 0 and the last step) score the OOD datasets.
 
-    `datasets` maps a name to the arguments of `soft_tokens.ood.load_choice_items` (format, path, name,
+    `datasets` maps a name to the arguments of `soft_tokens.eval.ood.load_choice_items` (format, path, name,
     split, limit, seed): e.g. {"arc": {"format": "arc", "path": "allenai/ai2_arc", "name": "ARC-Challenge",
     "split": "test"}}, or a local file as `path`. Logs `ood/<name>/accuracy`, `ood/<name>/nll`,
     `ood/<name>/nll_delta_vs_base` (policy minus base), and the base's `ood/<name>/base_accuracy` and

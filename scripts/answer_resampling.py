@@ -39,13 +39,13 @@ from torch import Tensor
 from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
-from soft_tokens.logprobs import input_embeds
-from soft_tokens.markdown import markdown_table
+from soft_tokens.eval.markdown import markdown_table
 from soft_tokens.representers import TokenRepresenter
 from soft_tokens.representers.sampling import categorical_log_prob, choose_token
-from soft_tokens.rewards import MathReward
+from soft_tokens.rewards.math_reward import MathReward
 from soft_tokens.rollout import Rollout, RolloutEngine
 from soft_tokens.rollout.decode_state import DONE, DecodeState
+from soft_tokens.rollout.logprobs import input_embeds
 
 try:
     from scripts import grad_diagnostics as gd

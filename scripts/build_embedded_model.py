@@ -37,11 +37,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from soft_tokens.boxed import extract_boxed
 from soft_tokens.data import mnns
 from soft_tokens.data.arith import ArithConfig, generate_split
 from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.data.types import Example
+from soft_tokens.rewards.boxed import extract_boxed
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>"]
 TASKS = ("arith", "mnns")

@@ -39,11 +39,11 @@ from soft_tokens.data.arith import generate_split
 from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.estimators import RLOO
 from soft_tokens.estimators.control_variate import noisy_steps, weighted_loo_advantages
-from soft_tokens.logprobs import hidden_states, rollout_log_probs
-from soft_tokens.models import is_local_path
+from soft_tokens.models.loading import is_local_path
 from soft_tokens.representers import SoftRepresenter, TokenRepresenter
-from soft_tokens.rewards import MathReward
+from soft_tokens.rewards.math_reward import MathReward
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
+from soft_tokens.rollout.logprobs import hidden_states, rollout_log_probs
 
 try:
     from scripts import representer_configs as rc

@@ -22,9 +22,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from soft_tokens.eval.markdown import markdown_table
+from soft_tokens.eval.plots import heatmap_figure
 from soft_tokens.eval.results import EvalResults, percent_with_se
-from soft_tokens.markdown import markdown_table
-from soft_tokens.plots import heatmap_figure
 
 log = logging.getLogger("report")
 SUFFIXES = ("_greedy", "_sample")

@@ -58,14 +58,20 @@ def build_representer(name: str, **knobs: Any):
     Errors of a knob's value (a negative gamma) are InputErrors naming the representer.
     """
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from soft_tokens.config_types import ConfigTypeError, check_config_types
+    from soft_tokens.configured import instantiate
 
     cfg = representer_config(name)
     for key, value in knobs.items():
         if key in cfg:
             cfg[key] = value
-    try:
+    try:  # the knobs' ranges are checked as train.py checks them (config_types), not by the constructor
+        check_config_types(OmegaConf.create({"representer": cfg}))
         return instantiate(cfg)
+    except ConfigTypeError as err:
+        raise InputError(f"representer {name!r}: {err}") from None
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise InputError(f"representer {name!r}: {cause}") from None

@@ -15,7 +15,7 @@ import math
 import statistics
 from pathlib import Path
 
-from soft_tokens.markdown import markdown_table
+from soft_tokens.eval.markdown import markdown_table
 
 try:
     from scripts.script_inputs import InputError, count, existing_folder, output_file, read_json, usage_errors

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from soft_tokens.markdown import markdown_table
+from soft_tokens.eval.markdown import markdown_table
 
 try:
     from scripts import script_inputs as si

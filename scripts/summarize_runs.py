@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from soft_tokens.markdown import markdown_table
-from soft_tokens.run_summary import COMPLETED, FAILED, read_summary
+from soft_tokens.eval.markdown import markdown_table
+from soft_tokens.runs.summary import COMPLETED, FAILED, read_summary
 
 METRICS = ("hard_last", "hard_best", "own_last", "reward_last10")
 

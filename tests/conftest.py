@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from soft_tokens import tiny
+from soft_tokens.models import tiny
 
 # Tests run tiny models: one intra-op thread avoids oversubscription (and is much faster on a busy machine).
 # SOFT_TOKENS_TEST_THREADS=N runs them with N threads (other GEMM blockings, other rounding).

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from soft_tokens.logprobs import hidden_states
 from soft_tokens.representers import SoftRepresenter, TokenRepresenter
 from soft_tokens.rollout import Rollout
+from soft_tokens.rollout.logprobs import hidden_states
 
 U = torch.finfo(torch.float32).eps / 2
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from callbacks.checkpoint import AtomicCheckpointIO, use_atomic_checkpoints
-from soft_tokens import atomic_write as atomic
-from soft_tokens.run_summary import write_summary
+from soft_tokens.runs import atomic_write as atomic
+from soft_tokens.runs.summary import write_summary
 
 
 def full_disk_at_fsync(monkeypatch) -> None:
@@ -95,7 +95,7 @@ def test_trainer_writes_checkpoints_atomically_where_lightning_writes_one_file(t
 
 
 def test_tensorboard_write_on_a_full_disk_names_the_folder(tmp_path, monkeypatch):
-    from soft_tokens.builders import RunTensorBoardLogger
+    from soft_tokens.training.builders import RunTensorBoardLogger
 
     logger = RunTensorBoardLogger(save_dir=str(tmp_path), name=None, version="")
 

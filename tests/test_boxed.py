@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from soft_tokens.boxed import extract_boxed, last_boxed
+from soft_tokens.rewards.boxed import extract_boxed, last_boxed
 
 
 @pytest.mark.parametrize(

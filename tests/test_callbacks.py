@@ -13,9 +13,9 @@ from omegaconf import open_dict
 import train as train_script
 from callbacks.math_eval import MathEval
 from callbacks.ood_eval import OODEval
-from soft_tokens.eval.checkpoints import load_policy
 from soft_tokens.eval.solve import build_setting
-from soft_tokens.models import ModelConfig
+from soft_tokens.models.checkpoints import load_policy
+from soft_tokens.models.loading import ModelConfig
 from soft_tokens.representers import HardRepresenter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def _trainer(step: int, metrics: dict | None = None):
 
 
 def test_ood_eval_uses_the_reference_model_as_base(tiny_tokenizer):
-    from soft_tokens.tiny import tiny_llama as build_tiny_llama
+    from soft_tokens.models.tiny import tiny_llama as build_tiny_llama
 
     policy, ref = build_tiny_llama(len(tiny_tokenizer), seed=1), build_tiny_llama(len(tiny_tokenizer), seed=2)
     cb = OODEval({"arc": {"format": "arc", "path": str(FIXTURES / "arc_tiny.jsonl")}}, every_n_steps=5)

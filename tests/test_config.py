@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from soft_tokens.estimators.base import Estimator
-from soft_tokens.models import ModelConfig
+from soft_tokens.models.loading import ModelConfig
 from soft_tokens.representers.base import TokenRepresenter
 
 GROUPS = [
@@ -37,7 +37,7 @@ def choices(group: str) -> list[str]:
 def test_every_choice_composes_and_resolves(group, choice):
     cfg = compose_train([f"{group}={choice}", "paths.output_dir=/tmp/x"])
     OmegaConf.resolve(cfg)
-    assert cfg.module._target_ == "soft_tokens.module.SoftTokensModule"
+    assert cfg.module._target_ == "soft_tokens.training.module.SoftTokensModule"
     assert "_target_" in cfg.model and "_target_" in cfg.data and "_target_" in cfg.trainer
 
 

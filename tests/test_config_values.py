@@ -15,7 +15,6 @@ import torch
 from helpers import CONF, compose_config, compose_train, probe_train
 from omegaconf import OmegaConf
 
-from soft_tokens import tiny
 from soft_tokens.config_types import (
     RANGES,
     ConfigTypeError,
@@ -27,7 +26,8 @@ from soft_tokens.config_types import (
 )
 from soft_tokens.estimators.base import LOSS_TYPES
 from soft_tokens.estimators.grpo import SCALE_REWARDS
-from soft_tokens.lora import LoraSettings, add_adapters
+from soft_tokens.models import tiny
+from soft_tokens.models.lora import LoraSettings, add_adapters
 from soft_tokens.representers import SoftRepresenter
 
 NOWHERE = Path("/tmp")  # a run folder for the interpolations of composed configs (nothing is written there)
@@ -91,8 +91,8 @@ def test_type_check_follows_reexports_base_classes_and_kwargs():
     rloo, grpo = (target_arguments(f"soft_tokens.estimators.{n}") for n in ("RLOO", "GRPO"))  # **kwargs
     assert rloo["beta"].text == "float" and {"beta", "eps", "num_iterations"} <= grpo.keys()
     assert (
-        target_arguments("soft_tokens.models.ModelConfig")["lora"].nested_class()
-        == "soft_tokens.lora.LoraSettings"
+        target_arguments("soft_tokens.models.loading.ModelConfig")["lora"].nested_class()
+        == "soft_tokens.models.lora.LoraSettings"
     )
 
 
@@ -120,7 +120,7 @@ def test_every_group_key_of_the_wrong_type_is_named(group, choice):
     [
         ("representer.temperature=abc", "representer.temperature='abc': expected float"),
         ("representer=soft representer.tau=abc", "representer.tau='abc': expected float"),
-        ("representer=soft representer.temperature=abc", "representer.temperature='abc': expected float"),
+        ("representer=soft +representer.temperature=abc", "representer.temperature='abc': expected float"),
         ("representer=soft representer.gamma=-1", "representer.gamma=-1: must be >= 0"),
         ("representer=fuzzy representer.tau=0", "representer.tau=0: must be > 0"),
         ("estimator.beta=x", "estimator.beta='x': expected float"),

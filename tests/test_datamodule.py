@@ -294,7 +294,7 @@ LONG = "Tom has 3 apples and buys 4 more. " * 100  # about 3,400 characters: bey
 def embedded_budget(max_cot_tokens: int = 64):
     from soft_tokens.data.lengths import prompt_budget
     from soft_tokens.data.prompts import PromptBuilder
-    from soft_tokens.models import ModelConfig
+    from soft_tokens.models.loading import ModelConfig
     from soft_tokens.rollout import RolloutConfig
 
     model_cfg = ModelConfig(name_or_path=str(EMBEDDED))
@@ -356,7 +356,7 @@ def test_train_refuses_bad_data_before_loading_the_model(tmp_path, monkeypatch, 
     from helpers import compose_train
 
     import train as train_script
-    from soft_tokens.models import ModelConfig
+    from soft_tokens.models.loading import ModelConfig
 
     path = long_rows(tmp_path) if content is None else tmp_path / "long.jsonl"
     if content is not None:

@@ -159,7 +159,7 @@ def test_deepspeed_skips_a_non_finite_step_on_every_rank(tmp_path):
 def test_deepspeed_config_clipping_is_the_modules(tmp_path):
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
-    from soft_tokens.optimizer_step import configure_zero_clipping
+    from soft_tokens.training.optimizer_step import configure_zero_clipping
 
     trainer = SimpleNamespace(strategy=DeepSpeedStrategy(stage=2))
     configure_zero_clipping(trainer, 0.5)

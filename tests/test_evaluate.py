@@ -19,10 +19,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from soft_tokens.eval.checkpoints import load_lightning_checkpoint, load_policy
 from soft_tokens.eval.results import EvalResults, SettingResult
 from soft_tokens.eval.run import run_evaluation
-from soft_tokens.models import ModelConfig
+from soft_tokens.models.checkpoints import load_lightning_checkpoint, load_policy
+from soft_tokens.models.loading import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -113,7 +113,7 @@ def test_evaluate_writes_tables_and_plots(tmp_path, tiny_model_dir, caplog):
 
 def _perturbed_module(tmp_path: Path, tiny_model_dir: Path):
     """A training module whose policy differs from the base model, saved as a checkpoint and a HF folder."""
-    from soft_tokens.builders import build_module
+    from soft_tokens.training.builders import build_module
 
     cfg = compose_cfg("train", [f"model.name_or_path={tiny_model_dir}", "debug=fast"], tmp_path / "train")
     module = build_module(cfg)
@@ -221,13 +221,13 @@ def test_checkpoints_with_foreign_objects_are_refused(tmp_path, tiny_model_dir):
 
 
 class CraftedGlobal:
-    """Pickles as a call of soft_tokens.distributed.layer_class, which would import `target` when unpickled."""
+    """Pickles as a call of soft_tokens.training.distributed.layer_class, which would import `target` when unpickled."""
 
     def __init__(self, target: str) -> None:
         self.target = target
 
     def __reduce__(self):
-        from soft_tokens.distributed import layer_class
+        from soft_tokens.training.distributed import layer_class
 
         return layer_class, (self.target,)
 
@@ -246,7 +246,7 @@ def test_crafted_checkpoint_imports_nothing(tmp_path, monkeypatch):
         load_lightning_checkpoint(tmp_path / "c.ckpt")
     assert not marker.exists() and "planted_module" not in sys.modules
     # and layer_class itself imports only decoder-layer modules of transformers
-    from soft_tokens.distributed import layer_class
+    from soft_tokens.training.distributed import layer_class
 
     with pytest.raises(ValueError, match="only classes under"):
         layer_class("planted_module.Layer")
@@ -477,7 +477,7 @@ def test_samples_are_chunked_by_batch_size_and_small_counts_are_unchanged():
 
 
 def test_policy_folder_without_tokenizer_says_which_it_uses(tmp_path, tiny_model_dir, caplog):
-    from soft_tokens.model_files import TOKENIZER_FILES
+    from soft_tokens.models.model_files import TOKENIZER_FILES
 
     folder = tmp_path / "policy"
     shutil.copytree(tiny_model_dir, folder)

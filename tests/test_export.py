@@ -10,9 +10,9 @@ from helpers import compose_train
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import train as train_script
-from soft_tokens import tiny
 from soft_tokens.data.prompts import PromptBuilder
-from soft_tokens.export import PROBE_QUESTIONS, chat_messages, save_tokenizer
+from soft_tokens.models import tiny
+from soft_tokens.models.export import PROBE_QUESTIONS, chat_messages, save_tokenizer
 
 QUESTIONS = [
     *PROBE_QUESTIONS,

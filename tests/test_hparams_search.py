@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import train as train_script
 from callbacks.best_score import BestScore
 from soft_tokens.config_types import check_config_types
-from soft_tokens.sweep_objective import sweep_objective
+from soft_tokens.runs.sweep_objective import sweep_objective
 
 SEARCH = ["hparams_search=embedded_optuna", "experiment=embedded_soft"]
 

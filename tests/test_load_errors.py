@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from soft_tokens.eval.checkpoints import load_policy
-from soft_tokens.models import ModelConfig
+from soft_tokens.models.checkpoints import load_policy
+from soft_tokens.models.loading import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["debug=fast", "logger=csv", "callbacks.rich_progress_bar=null"]

@@ -73,7 +73,7 @@ def test_train_output_is_clean(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_wandb_logger_offline_without_a_key(tmp_path, tiny_model_dir, monkeypatch):
-    from soft_tokens.builders import RunWandbLogger
+    from soft_tokens.training.builders import RunWandbLogger
 
     for var in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)

@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import train as train_script
-from soft_tokens import tiny
-from soft_tokens.builders import build_module
-from soft_tokens.eval.checkpoints import load_policy
-from soft_tokens.logprobs import rollout_log_probs
-from soft_tokens.lora import AdapterDisabled, LoraSettings, add_adapters, is_peft, merged_copy
-from soft_tokens.models import ModelConfig
+from soft_tokens.models import tiny
+from soft_tokens.models.checkpoints import load_policy
+from soft_tokens.models.loading import ModelConfig
+from soft_tokens.models.lora import AdapterDisabled, LoraSettings, add_adapters, is_peft, merged_copy
 from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
+from soft_tokens.rollout.logprobs import rollout_log_probs
+from soft_tokens.training.builders import build_module
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "assets" / "embedded"
 LORA = ["model.lora.r=4", "model.lora.alpha=8", "model.lora.target_modules=[q_proj,v_proj,down_proj]"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from soft_tokens.metrics import (
+from soft_tokens.eval.metrics import (
     EntropyProfile,
     MeanAccuracy,
     MeanNLL,

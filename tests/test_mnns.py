@@ -24,7 +24,7 @@ from soft_tokens.data.mnns import (
     split_multisets,
     valid_trace,
 )
-from soft_tokens.rewards import MathReward
+from soft_tokens.rewards.math_reward import MathReward
 
 EQ = re.compile(r"(-?\d+) ([+-]) (\d) = (-?\d+)\.")
 DIGITS = re.compile(r"digits ((?:\d, )*\d) so")
@@ -140,7 +140,8 @@ def test_data_config_composes_and_follows_train_knobs():
     val = dm.examples("val")
     assert val == generate_split("val", 10, seed=2, cfg=MnnsConfig(n_digits=5))
     assert len(DIGITS.search(val[0].question).group(1).split(", ")) == 5
-    assert cfg.reward._target_ == "soft_tokens.rewards.MathReward"  # data=mnns keeps the math reward
+    # data=mnns keeps the math reward
+    assert cfg.reward._target_ == "soft_tokens.rewards.math_reward.MathReward"
 
 
 def test_bad_inputs_raise():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from numerics import U, categorical_tolerance, logit_bound
 
-from soft_tokens.ood import ChoiceItem, arc_item, load_choice_items, score_choices
+from soft_tokens.eval.ood import ChoiceItem, arc_item, load_choice_items, score_choices
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ood"
 

@@ -7,7 +7,7 @@ import math
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 
-from soft_tokens.plots import entropy_figure, heatmap_figure, pass_at_k_figure, setting_colours
+from soft_tokens.eval.plots import entropy_figure, heatmap_figure, pass_at_k_figure, setting_colours
 
 SAMPLED = ["hard_sample", "soft_sample", "fuzzy_sample", "gumbel_sample", "moi_sample"]
 GREEDY = ["hard_greedy", "soft_greedy", "fuzzy_greedy", "gumbel_greedy", "soft_thinking_greedy", "moi_greedy"]

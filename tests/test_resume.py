@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import train as train_script
-from soft_tokens import builders
-from soft_tokens.run_folder import run_dir
+from soft_tokens.runs.folder import run_dir
+from soft_tokens.training import builders
 
 ROOT = Path(__file__).resolve().parents[1]
 

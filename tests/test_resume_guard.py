@@ -17,8 +17,8 @@ import torch
 from helpers import compose_train, probe_train
 
 import train as train_script
-from soft_tokens.resume import ResumeRefused, check_resume
-from soft_tokens.run_folder import run_dir
+from soft_tokens.runs.folder import run_dir
+from soft_tokens.runs.resume import ResumeRefused, check_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 # One optimizer step of the embedded model, checkpointed; the same overrides for the run and its resumes.
@@ -157,7 +157,7 @@ def copied_run(run, tmp_path) -> Path:
 
 def rollout_states(monkeypatch) -> list[torch.Tensor]:
     """The rollout stream's state at each training rollout of the runs started after this call."""
-    from soft_tokens.module import SoftTokensModule
+    from soft_tokens.training.module import SoftTokensModule
 
     states, original = [], SoftTokensModule.generate_rollouts
 
@@ -242,7 +242,7 @@ def test_resume_keeps_its_rollout_stream_and_clears_what_a_killed_run_left(copie
 
 
 def test_forks_with_new_seeds_draw_new_rollouts_and_a_new_lr_takes(run, tmp_path, monkeypatch):
-    from soft_tokens.seeding import mix_seed
+    from soft_tokens.rollout.seeding import mix_seed
 
     ckpt = run / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)["rollout_rng"]

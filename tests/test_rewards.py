@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from soft_tokens.rewards import MathReward, RewardResult, extract_boxed, is_correct
+from soft_tokens.rewards.math_reward import MathReward, RewardResult, extract_boxed, is_correct
 
 TIMEOUT_S = 0.5
 SLACK_S = 3.0  # worker restart after a timeout (~0.6 s here) on a loaded machine

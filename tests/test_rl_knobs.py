@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import train as train_script
-from soft_tokens import tiny
-from soft_tokens.logprobs import rollout_log_probs, scale_gradient
-from soft_tokens.models import ModelConfig, untie_embeddings
+from soft_tokens.config_types import ConfigTypeError, check_config_types
+from soft_tokens.models import tiny
+from soft_tokens.models.loading import ModelConfig, untie_embeddings
 from soft_tokens.representers import Replay, SoftRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
+from soft_tokens.rollout.logprobs import rollout_log_probs, scale_gradient
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,6 @@ def test_sgd_trains(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_unknown_optimizer_is_refused_by_name(tmp_path):
-    with pytest.raises(ValueError, match="module.optim.name='lion'"):
-        _train(tmp_path, "module.optim.name=lion")
+def test_unknown_optimizer_is_refused_by_name(tmp_path):  # by the config check, before anything is built
+    with pytest.raises(ConfigTypeError, match="module.optim.name='lion': must be one of adamw, sgd"):
+        check_config_types(compose_train(["module.optim.name=lion"], tmp_path))

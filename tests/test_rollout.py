@@ -16,10 +16,10 @@ from numerics import (
 )
 from transformers import LlamaForCausalLM
 
-from soft_tokens.logprobs import rollout_log_probs
+from soft_tokens.models.tiny import tiny_llama
 from soft_tokens.representers import HardRepresenter, SoftRepresenter, TokenRepresenter
 from soft_tokens.rollout import Decoding, Rollout, RolloutConfig, RolloutEngine, encode_prompts
-from soft_tokens.tiny import tiny_llama
+from soft_tokens.rollout.logprobs import rollout_log_probs
 
 
 class ScriptedLM(LlamaForCausalLM):

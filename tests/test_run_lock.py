@@ -12,8 +12,7 @@ import sys
 
 import pytest
 
-from soft_tokens.distributed import launched_as_global_zero
-from soft_tokens.run_lock import LOCK, RunFolderBusy, acquire, release, run_lock
+from soft_tokens.runs.lock import LOCK, RunFolderBusy, acquire, launched_as_global_zero, release, run_lock
 
 
 def lock_of(pid: int, host: str | None = None) -> str:
@@ -63,7 +62,7 @@ def test_lock_from_another_host_is_refused(tmp_path):
 def test_lock_of_a_dead_process_is_taken_over_with_a_log_line(tmp_path, caplog):
     pid = dead_pid()
     (tmp_path / LOCK).write_text(lock_of(pid))
-    with caplog.at_level(logging.WARNING, logger="soft_tokens.run_lock"):
+    with caplog.at_level(logging.WARNING, logger="soft_tokens.runs.lock"):
         record = acquire(tmp_path)
     assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
     assert f"taking over the lock of pid {pid}" in caplog.text

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf, open_dict
 
 import train as train_script
 from scripts import summarize_runs
-from soft_tokens.run_summary import read_summary, recorded_failure
+from soft_tokens.runs.summary import read_summary, recorded_failure
 
 
 def test_sweep_job_folders_are_named_by_their_overrides():

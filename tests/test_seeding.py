@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from soft_tokens.seeding import mix_seed
+from soft_tokens.rollout.seeding import mix_seed
 
 
 def test_one_stream_is_seed_times_the_prime_plus_the_stream():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from soft_tokens.logprobs import hidden_states, input_embeds
 from soft_tokens.representers import HardRepresenter, SoftRepresenter
 from soft_tokens.rollout import RolloutConfig, RolloutEngine, encode_prompts
+from soft_tokens.rollout.logprobs import hidden_states, input_embeds
 from soft_tokens.rollout.shared_prompts import prompt_groups
 
 # Rows 0, 2, 3 share a prompt, row 1 has its own; a left-padded batch, so padding is part of the identity.

@@ -14,10 +14,10 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import CSVLogger
 
 import train as train_script
-from soft_tokens.builders import build_module
 from soft_tokens.estimators.grpo import grpo_advantages
-from soft_tokens.module import NonFiniteLossError
-from soft_tokens.train_metrics import Group
+from soft_tokens.training.builders import build_module
+from soft_tokens.training.module import NonFiniteLossError
+from soft_tokens.training.step_metrics import Group
 
 
 def test_train_smoke_writes_run_folder(tmp_path, tiny_model_dir):

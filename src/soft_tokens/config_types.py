@@ -41,7 +41,7 @@ SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "b
 RANGES: dict[str, str] = {
     "seed": "[0, 4294967295]",
     "sampling_temperature": "> 0",
-    "model.lora.r": ">= 1",  # and at most the smallest dimension of an adapted layer (soft_tokens.lora)
+    "model.lora.r": ">= 1",  # and at most the smallest dimension of an adapted layer (soft_tokens.models.lora)
     "model.lora.alpha": "> 0",  # peft scales the adapters by alpha / r: 0 would leave the output unchanged
     "model.lora.dropout": "[0, 1)",
     "module.samples_per_prompt": ">= 1",

@@ -242,9 +242,9 @@ def _describe(source: Any) -> str:
 def _build(spec: Any) -> Source | None:
     """A source from a built object, a `_target_` config, a list of Examples, or None."""
     if isinstance(spec, Mapping):  # a plain dict or an omegaconf DictConfig
-        import hydra.utils
+        from soft_tokens.configured import instantiate
 
-        return hydra.utils.instantiate(spec)
+        return instantiate(spec)
     if spec is None or hasattr(spec, "load"):
         return spec
     if isinstance(spec, (list, tuple)) and all(isinstance(e, Example) for e in spec):

@@ -3,7 +3,7 @@ smallest value that is not negative; the chain of thought is the sequence of par
 
 Every instance (n digits in 1-9, 9^n of them) belongs to the split of its sorted digit multiset, so no
 multiset is in two splits. The gold answer is a plain integer in `\\boxed{}`, scored by the math reward
-(`soft_tokens.rewards.MathReward`: 100 correct, 10 a wrong boxed answer, 0 none).
+(`soft_tokens.rewards.math_reward.MathReward`: 100 correct, 10 a wrong boxed answer, 0 none).
 """
 
 from __future__ import annotations

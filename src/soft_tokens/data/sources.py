@@ -17,7 +17,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
-from soft_tokens.boxed import last_boxed
 from soft_tokens.data.files import (
     MAX_ROW_CHARS,
     BadRow,
@@ -28,6 +27,7 @@ from soft_tokens.data.files import (
     too_long,
 )
 from soft_tokens.data.types import Example
+from soft_tokens.rewards.boxed import last_boxed
 
 log = logging.getLogger(__name__)
 

@@ -96,10 +96,7 @@ class Estimator:
         num_iterations: int = 1,
         max_length: int | None = None,
     ) -> None:
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
-        if num_iterations < 1:
-            raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        # loss_type's choices (LossType) and the ranges (config_types.RANGES) are checked on the config.
         self.loss_type = loss_type
         self.beta = float(beta)
         self.epsilon = float(epsilon)

@@ -38,10 +38,6 @@ class GRPO(Estimator):
     def __init__(
         self, scale_rewards: ScaleRewards = "group", eps: float = 1e-4, loss_type: LossType = "dapo", **kwargs
     ) -> None:
-        if scale_rewards not in SCALE_REWARDS:
-            raise ValueError(
-                f"unknown scale_rewards {scale_rewards!r}; choose one of {', '.join(SCALE_REWARDS)}"
-            )
         super().__init__(loss_type=loss_type, **kwargs)
         self.scale_rewards = scale_rewards
         self.eps = float(eps)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from soft_tokens.data.types import Example
+from soft_tokens.eval.markdown import markdown_table
+from soft_tokens.eval.metrics import PassAtK
 from soft_tokens.eval.solve import EvalSetting, Solutions
-from soft_tokens.markdown import markdown_table
-from soft_tokens.metrics import PassAtK
 
 
 @dataclass
@@ -203,7 +203,7 @@ def results_markdown(res: EvalResults) -> str:
 
 def write_results(res: EvalResults, out_dir: str | Path) -> dict[str, Path]:
     """Write results.json, results.csv, results.md, pass_at_k.png and cot_entropy.png; return their paths."""
-    from soft_tokens.plots import entropy_figure, pass_at_k_figure
+    from soft_tokens.eval.plots import entropy_figure, pass_at_k_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

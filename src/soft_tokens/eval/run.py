@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
+from soft_tokens.configured import instantiate
 from soft_tokens.data.types import Example
-from soft_tokens.eval.checkpoints import load_policy
 from soft_tokens.eval.options import check_eval_options
 from soft_tokens.eval.results import (
     EvalResults,
@@ -33,10 +32,11 @@ from soft_tokens.eval.results import (
     write_results,
 )
 from soft_tokens.eval.solve import EvalSetting, Solutions, build_settings, solve
-from soft_tokens.model_files import check_chat_template
-from soft_tokens.models import ModelConfig
+from soft_tokens.models.checkpoints import load_policy
+from soft_tokens.models.loading import ModelConfig
+from soft_tokens.models.model_files import check_chat_template
 from soft_tokens.rollout import RolloutConfig, RolloutEngine
-from soft_tokens.seeding import mix_seed
+from soft_tokens.rollout.seeding import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _data_name(cfg: DictConfig) -> str:
 
 def score_ood(model: PreTrainedModel, tokenizer, ood_cfg: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Accuracy and per-token NLL of the correct choice on each configured multiple-choice dataset."""
-    from soft_tokens.ood import load_choice_items, score_choices
+    from soft_tokens.eval.ood import load_choice_items, score_choices
 
     out = {}
     for name, spec in ood_cfg["datasets"].items():

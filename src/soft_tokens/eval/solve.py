@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from soft_tokens.configured import instantiate
 from soft_tokens.data.types import Example
-from soft_tokens.metrics import default_k_values
+from soft_tokens.eval.metrics import default_k_values
 from soft_tokens.representers.base import TokenRepresenter
 from soft_tokens.rollout import RolloutEngine
 

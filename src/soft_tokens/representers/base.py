@@ -1,20 +1,56 @@
-"""The token-representer contract: how a CoT step turns the last logits into the next input."""
+"""The token-representer contract: how a CoT step turns the last logits into the next input.
+
+Everything the rollout, the teacher-forced pass (logprobs.py), the training module and evaluation use of a
+representer is declared on `TokenRepresenter`: two abstract methods (`step`, `log_prob`) and the optional
+capabilities, each with its default. docs/extending.md walks through writing one.
+"""
 
 from __future__ import annotations
 
 import copy
-import logging
-import warnings
-from dataclasses import dataclass, replace
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import MISSING, dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from soft_tokens.representers.sampling import k3_kl
 
-log = logging.getLogger(__name__)
-
 Rng = torch.Generator | None  # the random source of a sampled step (None: torch's global one)
+
+
+@dataclass
+class Aux(Mapping):
+    """Base of a representer's declared per-step tensors (`Step.aux`): one dataclass field per tensor [N, ...].
+
+    The rollout stores each field that is not None under its name, per CoT position ([N, S, ...]), and hands
+    them back in `Replay.aux`; `from_replay` reads them as the subclass again. A Mapping of its set fields, so
+    the stored layout is the field names and tensors.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return (f.name for f in fields(self) if getattr(self, f.name) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __getitem__(self, key: str) -> Tensor:
+        value = getattr(self, key, None) if key in {f.name for f in fields(self)} else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    @classmethod
+    def from_replay(cls, replay: Replay, owner: object, need: tuple[str, ...] = ()) -> Any:
+        """The replay's stored tensors as this class, or a ValueError naming the ones it needs (the fields
+        without default, plus the optional ones in `need`)."""
+        required = sorted({f.name for f in fields(cls) if f.default is MISSING} | set(need))
+        stored = replay.aux or {}
+        if not set(required) <= stored.keys():
+            raise ValueError(f"{owner!r} needs the rollout's aux tensors {required} to score a step")
+        return cls(**{f.name: stored[f.name] for f in fields(cls) if f.name in stored})
 
 
 @dataclass
@@ -24,64 +60,64 @@ class Step:
     embeds: Tensor  # [N, d]
     ids: Tensor  # [N]
     logp: Tensor  # [N] log-probability of the fed input under the representer (float32)
-    aux: dict[str, Tensor] | None = None  # per-row tensors [N, ...] the rollout stores for `log_prob`
+    aux: Mapping[str, Tensor] | None = None  # the representer's `Aux` for `log_prob` (stored per position)
     confident: Tensor | None = None  # [N] bool: the step counts toward an early stop of the CoT
 
 
 @dataclass
 class Replay:
     """The inputs a CoT step is re-scored from, teacher-forced: the logits, what was fed, its id, E, aux and
-    the final hidden state."""
+    the final hidden state. `fed` is set for a continuous representer only (read it with `fed_input`)."""
 
     logits: Tensor  # [..., V] logits of the step under the policy being scored
     fed: Tensor | None  # [..., d] the fed input of a continuous representer, else None
     ids: Tensor  # [...] the step's token id (sample or argmax shadow)
     embedding: Tensor  # [V, d] the input embedding matrix of the policy being scored
-    aux: dict[str, Tensor] | None = None  # the step's stored `Step.aux` tensors, [..., *]
+    aux: Mapping[str, Tensor] | None = None  # the step's stored `Step.aux` tensors, [..., *]
     hidden: Tensor | None = None  # [..., d] the final hidden state the logits came from (hidden-state noise)
 
     def under(self, logits: Tensor, embedding: Tensor, hidden: Tensor | None = None) -> Replay:
         """The same fed step scored under other logits, embedding matrix and hidden state (the reference's)."""
         return replace(self, logits=logits, embedding=embedding, hidden=hidden)
 
-
-def positive(name: str, value: float) -> float:
-    """`value` as a float, or a ValueError naming `name` unless it is > 0."""
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return float(value)
-
-
-def renamed_tau(tau: float, temperature: float | None, owner: str) -> float:
-    """`tau`, or the value given under its old name `temperature`, with a deprecation message."""
-    if temperature is None:
-        return tau
-    msg = (
-        f"{owner}: `temperature` is the old name of the mixture temperature; use `tau` (representer.tau=...)"
-    )
-    warnings.warn(msg, DeprecationWarning, stacklevel=3)
-    log.warning(msg)
-    return temperature
+    def fed_input(self, owner: TokenRepresenter) -> Tensor:
+        """The fed inputs [..., d]; a ValueError when there are none: `owner` is not `continuous` (its input
+        is E[ids], not stored) or the replay was built without them."""
+        if self.fed is not None:
+            return self.fed
+        why = "the replay has none" if owner.continuous else "it is not continuous: its input is E[ids]"
+        raise ValueError(f"{owner!r} asked for the fed embeddings, but {why}")
 
 
-class TokenRepresenter:
-    """Base class: a CoT token representation, run greedy (evaluation) or sampled (training).
+class TokenRepresenter(ABC):
+    """A CoT token representation, run greedy (evaluation) or sampled (training).
 
-    Subclasses implement `step` (decode time, no gradient) and `log_prob` (teacher-forced, differentiable).
-    `continuous` says whether the fed input differs from the embedding of the returned id, in which case the
-    rollout must store the fed embeddings to replay them. A step may return `aux` tensors (stored by the
-    rollout per CoT position and handed back to `log_prob` and `kl` in the `Replay`) and a `confident` flag
-    per row: a row whose last `stop_patience` steps were all confident ends its CoT early. `trainable` is
-    False for the training-free inference settings, which have no log-probability.
+    Required: `step` (decode time, no gradient) and `log_prob` (teacher-forced, differentiable); a subclass
+    without either cannot be constructed. Optional capabilities, with their defaults here: `continuous`,
+    `trainable`, `stop_patience`, `prepare`, `project`, `kl`, `entropy`, `knobs`; `name`, `greedy` and
+    `as_greedy` are set by this class.
     """
 
+    # Capability: the fed input is not the embedding of the returned id, so the rollout stores it
+    # (`Rollout.fed`) and the replay hands it back (`Replay.fed_input`).
     continuous: bool = False
+    # Capability: False for the training-free inference settings, which have no log-probability (the
+    # training module and the config check refuse them).
     trainable: bool = True
+    # Capability: a row whose last `stop_patience` steps were all `Step.confident` ends its CoT early.
     stop_patience: int = 1
 
     def __init__(self, greedy: bool = False, name: str | None = None) -> None:
-        self.greedy = bool(greedy)
-        self.name = name or type(self).__name__.removesuffix("Representer").lower()
+        self.greedy = bool(greedy)  # evaluation's deterministic setting (no noise, argmax)
+        self.name = name or type(self).__name__.removesuffix("Representer").lower()  # metric suffix
+
+    @abstractmethod
+    def step(self, logits: Tensor, embedding: Tensor, generator: Rng = None) -> Step:
+        """Next input for each row from its last logits [N, V] and the input embedding matrix [V, d]."""
+
+    @abstractmethod
+    def log_prob(self, replay: Replay) -> Tensor:
+        """Log-probability [...] of what was fed at each replayed step under `replay.logits`."""
 
     def as_greedy(self) -> TokenRepresenter:
         """A copy of this representer that decodes greedily (hard: argmax; soft/fuzzy: no noise)."""
@@ -90,29 +126,19 @@ class TokenRepresenter:
         return out
 
     def prepare(self, embedding: Tensor) -> None:
-        """Called once at the start of every rollout with the current embedding matrix (for cached state)."""
+        """Capability: called once at the start of every rollout with the current embedding matrix."""
+        return None
 
     def project(
         self, hidden: Tensor, head: torch.nn.Module, embedding: Tensor
     ) -> tuple[Tensor, Tensor | None]:
-        """Next-token logits [N, V] from final hidden states [N, d], and an optional per-row result that the
-        rollout hands to `step(..., pre=)` (None here; soft tokens return their mixture, made in the same pass
-        over E as the logits)."""
+        """Capability: next-token logits [N, V] from final hidden states [N, d], and a per-row carry (None
+        here: the plain head). A representer whose `project` returns a carry takes it back as
+        `step(..., pre=carry)` for the same rows (the soft representer's fused mixture, hidden-state noise)."""
         return head(hidden), None
 
-    def step(
-        self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
-    ) -> Step:
-        """Next input for each row from its last logits [N, V], the input embedding matrix [V, d] and what
-        `project` made with the logits (`pre`, None unless it made something)."""
-        raise NotImplementedError
-
-    def log_prob(self, replay: Replay) -> Tensor:
-        """Log-probability [...] of what was fed at each replayed step under `replay.logits`."""
-        raise NotImplementedError
-
     def kl(self, replay: Replay, ref: Replay) -> Tensor:
-        """Per-step KL(policy || reference) estimate [...] at the fed inputs; used when beta > 0.
+        """Capability: per-step KL(policy || reference) estimate [...] at the fed inputs; used when beta > 0.
 
         `ref` is the same step under the reference's logits and embedding (`Replay.under`). By default
         Schulman's k3 at the fed input, from `log_prob` under the policy and the reference.
@@ -120,12 +146,12 @@ class TokenRepresenter:
         return k3_kl(self.log_prob(replay), self.log_prob(ref).detach())
 
     def entropy(self, logits: Tensor) -> Tensor:
-        """Entropy [...] of the model's next-token distribution at temperature 1 (a CoT diagnostic)."""
+        """Capability: entropy [...] of the next-token distribution at temperature 1 (a CoT diagnostic)."""
         logp = torch.log_softmax(logits.float(), dim=-1)
         return -(logp.exp() * logp).sum(-1)
 
     def knobs(self) -> str:
-        """The settings `repr` shows after the name (subclasses add theirs)."""
+        """Capability: the settings `repr` shows after the name (", key=value" each; none by default)."""
         return ""
 
     def __repr__(self) -> str:

@@ -23,10 +23,13 @@ The candidates kept and scored are decided at the rollout and stored, so the rep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Replay, Rng, Step, TokenRepresenter, positive, renamed_tau
+from soft_tokens.representers.base import Aux, Replay, Rng, Step, TokenRepresenter
+from soft_tokens.representers.deprecated import renamed_tau
 from soft_tokens.representers.sampling import weighted_rows
 
 
@@ -54,6 +57,16 @@ def sample_gumbel(shape: torch.Size, generator: torch.Generator | None, device: 
     return -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float32).tiny)))
 
 
+@dataclass
+class GumbelAux(Aux):
+    """What a Gumbel-softmax step stores for its replay."""
+
+    topk_ids: Tensor  # [N, k] the candidates, by decreasing logit
+    perturbed: Tensor  # [N, k] their perturbed logits q + g (0 at the dropped ones)
+    kept: Tensor | None = None  # [N, k] bool: in the mixture (top-p)
+    scored: Tensor | None = None  # [N, k] bool: in the density (min_logprob)
+
+
 class GumbelSoftmaxRepresenter(TokenRepresenter):
     """Feeds softmax((q + g) / tau) @ E over the top-k tokens, g ~ Gumbel(0, 1); without noise when greedy."""
 
@@ -72,21 +85,14 @@ class GumbelSoftmaxRepresenter(TokenRepresenter):
         min_logprob: float | None = None,
     ) -> None:
         super().__init__(greedy=greedy, name=name or "gumbel")
-        self.tau = positive("tau", renamed_tau(tau, temperature, type(self).__name__))
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        # The ranges of tau, top_k, top_p and min_logprob are checked on the config (config_types.RANGES).
+        self.tau = float(renamed_tau(tau, temperature, type(self).__name__))
         if gumbel_clamp is not None and (len(gumbel_clamp) != 2 or not gumbel_clamp[0] < gumbel_clamp[1]):
             raise ValueError(
                 f"gumbel_clamp must be [low, high] with low < high (or null), got {gumbel_clamp}"
             )
         if log_density not in REDUCTIONS:
             raise ValueError(f"log_density must be one of {', '.join(REDUCTIONS)}, got {log_density!r}")
-        if min_logprob is not None and min_logprob >= 0:
-            raise ValueError(
-                f"min_logprob must be < 0 (a renormalised log-probability) or null, got {min_logprob}"
-            )
         self.top_k = int(top_k)
         self.top_p = float(top_p)
         self.clamp = None if gumbel_clamp is None else (float(gumbel_clamp[0]), float(gumbel_clamp[1]))
@@ -125,9 +131,7 @@ class GumbelSoftmaxRepresenter(TokenRepresenter):
         count = terms.shape[-1] if scored is None else scored.sum(-1).clamp(min=1)
         return terms.sum(-1) / count
 
-    def step(
-        self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
-    ) -> Step:
+    def step(self, logits: Tensor, embedding: Tensor, generator: Rng = None) -> Step:
         """The Gumbel-softmax mixture over the top k and the log-density of the perturbed logits."""
         if self.filtered():
             return self._filtered_step(logits, embedding, generator)
@@ -139,7 +143,7 @@ class GumbelSoftmaxRepresenter(TokenRepresenter):
             logp = self.reduce(q, z, None)
         embeds = weighted_rows(torch.softmax(z / self.tau, dim=-1), top, embedding)
         ids = top.gather(-1, z.argmax(-1, keepdim=True)).squeeze(-1)
-        return Step(embeds=embeds, ids=ids, logp=logp, aux={"topk_ids": top, "perturbed": z})
+        return Step(embeds=embeds, ids=ids, logp=logp, aux=GumbelAux(topk_ids=top, perturbed=z))
 
     def noise(self, shape: torch.Size, generator: Rng, device: torch.device) -> Tensor:
         """Gumbel(0, 1) noise, clamped to `gumbel_clamp` when set."""
@@ -161,21 +165,18 @@ class GumbelSoftmaxRepresenter(TokenRepresenter):
         embeds = weighted_rows(torch.softmax(z / self.tau, dim=-1), top, embedding)
         ids = top.gather(-1, z.argmax(-1, keepdim=True)).squeeze(-1)
         stored = torch.where(kept, z, torch.zeros_like(z))
-        aux = {"topk_ids": top, "perturbed": stored, "kept": kept, "scored": scored}
+        aux = GumbelAux(topk_ids=top, perturbed=stored, kept=kept, scored=scored)
         return Step(embeds=embeds, ids=ids, logp=logp, aux=aux)
 
     def log_prob(self, replay: Replay) -> Tensor:
         """sum (or mean) over the stored top-k (the scored ones) of log Gumbel(z_i; q_i, 1), q from the current
         logits renormalised over the stored kept candidates."""
-        aux = replay.aux
-        need = {"topk_ids", "perturbed", "kept", "scored"} if self.filtered() else {"topk_ids", "perturbed"}
-        if aux is None or not need <= aux.keys():
-            raise ValueError(f"{self!r}.log_prob needs the rollout's aux tensors {sorted(need)}")
+        aux = GumbelAux.from_replay(replay, self, ("kept", "scored") if self.filtered() else ())
         if not self.filtered():
-            q, _ = self.candidates(replay.logits, aux["topk_ids"])
-            return self.reduce(q, aux["perturbed"].float(), None)
-        q, _ = self.candidates(replay.logits, aux["topk_ids"], aux["kept"].bool())
-        return self.reduce(q, aux["perturbed"].float(), aux["scored"].bool())
+            q, _ = self.candidates(replay.logits, aux.topk_ids)
+            return self.reduce(q, aux.perturbed.float(), None)
+        q, _ = self.candidates(replay.logits, aux.topk_ids, aux.kept.bool())
+        return self.reduce(q, aux.perturbed.float(), aux.scored.bool())
 
     def knobs(self) -> str:
         """tau, k and the published recipe's options that are on."""

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Rng, Step, TrainingFreeRepresenter, positive
+from soft_tokens.representers.base import Rng, Step, TrainingFreeRepresenter
 from soft_tokens.representers.sampling import choose_token, entropy_of
 
 
@@ -26,14 +26,11 @@ class MixtureOfInputsRepresenter(TrainingFreeRepresenter):
         self, temperature: float = 1.0, beta: float = 1.0, greedy: bool = False, name: str | None = None
     ) -> None:
         super().__init__(greedy=greedy, name=name or "mixture_of_inputs")
-        self.temperature = positive("temperature", temperature)
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0 (inf: the sampled token alone), got {beta}")
+        # The ranges of temperature and beta are checked on the config (config_types.RANGES).
+        self.temperature = float(temperature)
         self.beta = float(beta)
 
-    def step(
-        self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
-    ) -> Step:
+    def step(self, logits: Tensor, embedding: Tensor, generator: Rng = None) -> Step:
         """The blend of the chosen token's embedding and the distribution's mixture."""
         ids, logp = choose_token(logits, self.temperature, self.greedy, generator)
         token = embedding[ids]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Rng
+from soft_tokens.representers.base import Aux, Rng
 
 
 def fork_mask(logits: Tensor, min_entropy: float) -> Tensor:
@@ -85,6 +85,14 @@ def isotropic_log_density(delta: Tensor, sigma: Tensor, noisy: Tensor) -> Tensor
     return torch.where(noisy, logp, torch.zeros_like(logp))
 
 
+@dataclass
+class PlacedAux(Aux):
+    """What a placed-noise step stores for its replay."""
+
+    noisy: Tensor  # [N] bool: the step got noise (a forking step)
+    noise_ids: Tensor | None = None  # [N, k] the top-k candidates whose span the noise lies in (span noise)
+
+
 @dataclass(frozen=True)
 class PlacedNoise:
     """Noise in the top-k candidates' span (`top_k`, scale `gamma` in candidate distances) or isotropic
@@ -94,33 +102,34 @@ class PlacedNoise:
     min_entropy: float
     gamma: float
 
-    def draw(self, logits: Tensor, sigma: Tensor, embedding: Tensor, generator: Rng) -> tuple[Tensor, ...]:
+    def draw(
+        self, logits: Tensor, sigma: Tensor, embedding: Tensor, generator: Rng
+    ) -> tuple[Tensor, Tensor, PlacedAux]:
         """(noise [N, d], its log-density [N], aux) for one decode step of N rows."""
         noisy = fork_mask(logits, self.min_entropy)
-        aux = {"noisy": noisy}
         if self.top_k is None:
             eps = torch.randn(noisy.shape + embedding.shape[-1:], generator=generator, device=logits.device)
             noise = torch.where(noisy.unsqueeze(-1), sigma * eps, torch.zeros_like(eps))
-            return noise, isotropic_log_density(noise, sigma, noisy), aux
-        aux["noise_ids"] = candidate_ids(logits, min(self.top_k, logits.shape[-1]))
-        noise, logp = span_noise(aux["noise_ids"], embedding, noisy, self.gamma, generator)
-        return noise, logp, aux
+            return noise, isotropic_log_density(noise, sigma, noisy), PlacedAux(noisy)
+        ids = candidate_ids(logits, min(self.top_k, logits.shape[-1]))
+        noise, logp = span_noise(ids, embedding, noisy, self.gamma, generator)
+        return noise, logp, PlacedAux(noisy, ids)
 
-    def log_density(self, delta: Tensor, sigma: Tensor, embedding: Tensor, aux: dict[str, Tensor]) -> Tensor:
+    def log_density(self, delta: Tensor, sigma: Tensor, embedding: Tensor, aux: PlacedAux) -> Tensor:
         """[...] log-density of fed - h = `delta` at the steps the rollout made noisy (0 elsewhere)."""
-        noisy = aux["noisy"].bool()
+        noisy = aux.noisy.bool()
         if self.top_k is None:
             return isotropic_log_density(delta, sigma, noisy)
-        basis = candidate_basis(embedding, aux["noise_ids"])
+        basis = candidate_basis(embedding, aux.noise_ids)
         return span_log_density(span_coefficients(basis, delta, noisy), basis, noisy, self.gamma)
 
-    def kl(self, diff: Tensor, sigma: Tensor, embedding: Tensor, aux: dict[str, Tensor]) -> Tensor:
+    def kl(self, diff: Tensor, sigma: Tensor, embedding: Tensor, aux: PlacedAux) -> Tensor:
         """[...] KL of two such Gaussians whose means differ by `diff` = h - h_ref, at noisy steps (0 elsewhere):
         |a(diff)|^2 / (2 gamma^2) in the candidates' coefficients, or |diff|^2 / (2 sigma^2)."""
-        noisy = aux["noisy"].bool()
+        noisy = aux.noisy.bool()
         if self.top_k is None:
             kl = diff.pow(2).sum(-1) / (2 * sigma**2)
         else:
-            basis = candidate_basis(embedding, aux["noise_ids"])
+            basis = candidate_basis(embedding, aux.noise_ids)
             kl = span_coefficients(basis, diff, noisy).pow(2).sum(-1) / (2 * self.gamma**2)
         return torch.where(noisy, kl, torch.zeros_like(kl))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Rng
+from soft_tokens.representers.base import Aux, Rng
 
 PLACEMENTS = ("embedding", "hidden", "logits", "top_k_logits")
 
@@ -38,16 +38,28 @@ def hidden_scale(hidden: Tensor, gamma: float) -> Tensor:
     return gamma * hidden.detach().float().pow(2).mean(-1).sqrt()
 
 
+@dataclass
+class LogitAux(Aux):
+    """What a step with noise on the logits stores for its replay."""
+
+    perturbed_logits: Tensor  # [N, m] the perturbed logits (all V, or the top k)
+    logit_ids: Tensor | None = None  # [N, k] their token ids when only the top k were perturbed
+
+
+@dataclass
+class HiddenAux(Aux):
+    """What a step with noise on the final hidden state stores for its replay."""
+
+    noised_hidden: Tensor  # [N, d] the perturbed hidden state, float32
+    noise_sigma: Tensor  # [N] its noise scale, fixed at the rollout
+
+
 @dataclass(frozen=True)
 class LogitNoise:
     """Noise of standard deviation `gamma` (logit units) on all logits (`top_k` None) or on the top-k only."""
 
     gamma: float
     top_k: int | None = None
-
-    def keys(self) -> set[str]:
-        """The aux tensors a step stores and its replay needs."""
-        return {"perturbed_logits"} if self.top_k is None else {"perturbed_logits", "logit_ids"}
 
     def draw(self, logits: Tensor, generator: Rng) -> tuple[Tensor, Tensor | None, Tensor]:
         """(perturbed logits [N, m], their token ids [N, k] or None for all V, log-density [N])."""
@@ -59,16 +71,16 @@ class LogitNoise:
         perturbed = z + self.gamma * eps
         return perturbed, ids, gaussian_log_density(self.gamma * eps, self.gamma)
 
-    def means(self, logits: Tensor, aux: dict[str, Tensor]) -> Tensor:
+    def means(self, logits: Tensor, aux: LogitAux) -> Tensor:
         """The current logits at the coordinates the rollout perturbed: all, or its stored top-k ids."""
         z = logits.float()
-        return z if self.top_k is None else z.gather(-1, aux["logit_ids"])
+        return z if self.top_k is None else z.gather(-1, aux.logit_ids)
 
-    def log_density(self, logits: Tensor, aux: dict[str, Tensor]) -> Tensor:
+    def log_density(self, logits: Tensor, aux: LogitAux) -> Tensor:
         """[...] log N(z~; z, gamma^2 I) of the stored perturbed logits around the current ones."""
-        return gaussian_log_density(aux["perturbed_logits"].float() - self.means(logits, aux), self.gamma)
+        return gaussian_log_density(aux.perturbed_logits.float() - self.means(logits, aux), self.gamma)
 
-    def kl(self, logits: Tensor, ref_logits: Tensor, aux: dict[str, Tensor]) -> Tensor:
+    def kl(self, logits: Tensor, ref_logits: Tensor, aux: LogitAux) -> Tensor:
         """[...] KL of two such Gaussians around the policy's and the reference's logits: |dz|^2 / (2 gamma^2)."""
         diff = self.means(logits, aux) - self.means(ref_logits, aux).detach()
         return diff.pow(2).sum(-1) / (2 * self.gamma**2)
@@ -80,10 +92,6 @@ class HiddenNoise:
 
     gamma: float
 
-    def keys(self) -> set[str]:
-        """The aux tensors a step stores and its replay needs."""
-        return {"noised_hidden", "noise_sigma"}
-
     def draw(self, hidden: Tensor, generator: Rng) -> tuple[Tensor, Tensor, Tensor]:
         """(perturbed hidden states [N, d] float32, sigma [N], log-density [N])."""
         h = hidden.detach().float()
@@ -92,18 +100,18 @@ class HiddenNoise:
         noise = sigma.unsqueeze(-1) * eps
         return h + noise, sigma, gaussian_log_density(noise, sigma)
 
-    def log_density(self, hidden: Tensor, aux: dict[str, Tensor]) -> Tensor:
+    def log_density(self, hidden: Tensor, aux: HiddenAux) -> Tensor:
         """[...] log N(h~; h, sigma^2 I) of the stored perturbed hidden state around the current one."""
-        return gaussian_log_density(aux["noised_hidden"].float() - hidden.float(), stored_sigma(aux))
+        return gaussian_log_density(aux.noised_hidden.float() - hidden.float(), stored_sigma(aux))
 
-    def kl(self, hidden: Tensor, ref_hidden: Tensor, aux: dict[str, Tensor]) -> Tensor:
+    def kl(self, hidden: Tensor, ref_hidden: Tensor, aux: HiddenAux) -> Tensor:
         """[...] KL of two such Gaussians (the rollout's sigma): |h - h_ref|^2 / (2 sigma^2)."""
         diff = hidden.float() - ref_hidden.float().detach()
         return diff.pow(2).sum(-1) / (2 * stored_sigma(aux) ** 2)
 
 
-def stored_sigma(aux: dict[str, Tensor]) -> Tensor:
+def stored_sigma(aux: HiddenAux) -> Tensor:
     """The rollout's sigma per step, 1 where it stored none (answer and prefix positions, sigma 0), so that the
     values the scorer discards there stay finite and pass no NaN into the gradient."""
-    sigma = aux["noise_sigma"].float()
+    sigma = aux.noise_sigma.float()
     return torch.where(sigma > 0, sigma, torch.ones_like(sigma))

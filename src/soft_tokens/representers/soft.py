@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from soft_tokens.config_types import check_noise_fits
-from soft_tokens.representers.base import Replay, Rng, Step, TokenRepresenter, positive, renamed_tau
-from soft_tokens.representers.noise import PlacedNoise
-from soft_tokens.representers.placement import PLACEMENTS, HiddenNoise, LogitNoise
+from soft_tokens.representers.base import Replay, Rng, Step, TokenRepresenter
+from soft_tokens.representers.deprecated import renamed_tau
+from soft_tokens.representers.noise import PlacedAux, PlacedNoise
+from soft_tokens.representers.placement import PLACEMENTS, HiddenAux, HiddenNoise, LogitAux, LogitNoise
 from soft_tokens.representers.sampling import weighted_rows
 
 
@@ -123,18 +124,6 @@ class SoftRepresenter(TokenRepresenter):
 
     continuous = True
     fuse_min_bytes = 32 << 20  # E from this size on (a 150k x 896 float32 E is 545 MB) gets the fused head
-    # Capability: `mixture` is softmax(logits / tau) @ E, so `project` may make it in the head's pass over E
-    # (`logits_and_mixture`) and `step` may take it with the argmax from the sparse sum (`mixture_and_ids`).
-    # A subclass that redefines `mixture` must say whether it still is (see __init_subclass__).
-    fast_mixture: bool = True
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if "mixture" in vars(cls) and "fast_mixture" not in vars(cls):
-            raise TypeError(
-                f"{cls.__name__} redefines `mixture`: set the class attribute `fast_mixture` (False unless the "
-                "mixture is still softmax(logits / tau) @ E, which the fast paths compute in its place)"
-            )
 
     def __init__(
         self,
@@ -150,13 +139,8 @@ class SoftRepresenter(TokenRepresenter):
         noise_logits_top_k: int | None = None,
     ) -> None:
         super().__init__(greedy=greedy, name=name)
-        self.tau = positive("tau", renamed_tau(tau, temperature, type(self).__name__))
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if noise_top_k is not None and noise_top_k < 2:
-            raise ValueError(f"noise_top_k must be >= 2 (or null: isotropic noise), got {noise_top_k}")
-        if noise_min_entropy < 0:
-            raise ValueError(f"noise_min_entropy must be >= 0, got {noise_min_entropy}")
+        # The ranges of tau, gamma and the noise knobs are checked on the config (config_types.RANGES).
+        self.tau = float(renamed_tau(tau, temperature, type(self).__name__))
         self.gamma = float(gamma)
         # docs/method.md, "Noise where the choices are"; None: the paper's isotropic noise at every step
         placed = noise_top_k is not None or noise_min_entropy > 0
@@ -167,6 +151,13 @@ class SoftRepresenter(TokenRepresenter):
         self.embedding_grad = embedding_grad  # False: the CoT log-density's mixture treats E as a constant
         self._sigma_key: tuple | None = None
         self._sigma = torch.tensor(0.0)
+
+    @property
+    def fast_mixture(self) -> bool:
+        """Whether `mixture` is this class's softmax(logits / tau) @ E, which the fast paths (`logits_and_mixture`
+        in `project`, `mixture_and_ids` in `step`) compute in its place. Found, not declared: a subclass that
+        overrides `mixture` gets its own `mixture` used everywhere."""
+        return type(self).mixture is SoftRepresenter.mixture
 
     def noise_upstream(self) -> bool:
         """Whether a step draws its noise upstream of the mixture (hidden state or logits), not on it."""
@@ -203,7 +194,7 @@ class SoftRepresenter(TokenRepresenter):
         Elsewhere the plain head: on a GPU a decode step is bound by kernel launches, not by reading E; an E
         under `fuse_min_bytes` stays in cache between the two products anyway; at a tiny temperature (fuzzy)
         the sparse sum after the head is cheaper; an untied head reads a second matrix anyway; and a
-        representer without `fast_mixture` must have its own `mixture` used. Noise on the logits mixes the
+        subclass with its own `mixture` (`fast_mixture` False) must have it used. Noise on the logits mixes the
         perturbed logits (the plain head); noise on the hidden state returns the hidden state as `pre` and
         keeps the head for `step`, which maps the perturbed hidden state through it.
         """
@@ -278,14 +269,14 @@ class SoftRepresenter(TokenRepresenter):
                 )
             noised, sigma, logp = self.upstream.draw(pre, generator)
             h, ids = self._mixture_and_argmax(self._head(noised.to(pre.dtype)), embedding)
-            return Step(embeds=h, ids=ids, logp=logp, aux={"noised_hidden": noised, "noise_sigma": sigma})
+            return Step(embeds=h, ids=ids, logp=logp, aux=HiddenAux(noised_hidden=noised, noise_sigma=sigma))
         perturbed, cand, logp = self.upstream.draw(logits, generator)
         if cand is None:
             h, ids = self._mixture_and_argmax(perturbed, embedding)
-            return Step(embeds=h, ids=ids, logp=logp, aux={"perturbed_logits": perturbed})
+            return Step(embeds=h, ids=ids, logp=logp, aux=LogitAux(perturbed_logits=perturbed))
         h = weighted_rows(torch.softmax(perturbed / self.tau, dim=-1), cand, embedding)
         ids = cand.gather(-1, perturbed.argmax(-1, keepdim=True)).squeeze(-1)
-        return Step(embeds=h, ids=ids, logp=logp, aux={"perturbed_logits": perturbed, "logit_ids": cand})
+        return Step(embeds=h, ids=ids, logp=logp, aux=LogitAux(perturbed_logits=perturbed, logit_ids=cand))
 
     def _upstream_log_prob(self, replay: Replay) -> Tensor:
         """The perturbed vector's Gaussian log-density around the current hidden state or logits."""
@@ -312,16 +303,15 @@ class SoftRepresenter(TokenRepresenter):
             if self.gamma == 0:
                 raise ValueError(f"{self!r} has gamma = 0: the perturbed {self.noise_on} has no density")
             return self._upstream_log_prob(replay)
-        if replay.fed is None:
-            raise ValueError(f"{self!r}.log_prob needs the fed embeddings")
+        fed = replay.fed_input(self)
         sigma = self.sigma(replay.embedding)
         if sigma == 0:
             raise ValueError(f"{self!r} has sigma = 0 (gamma = 0): the fed input has no density")
         h = self.mixture(replay.logits, self._grad_embedding(replay.embedding)).float()
         if self.placed is not None:
-            return self.placed.log_density(replay.fed.float() - h, sigma, replay.embedding, self._aux(replay))
+            return self.placed.log_density(fed.float() - h, sigma, replay.embedding, self._aux(replay))
         d = h.shape[-1]
-        sq = (replay.fed.float() - h).pow(2).sum(-1)
+        sq = (fed.float() - h).pow(2).sum(-1)
         return -sq / (2 * sigma**2) - 0.5 * d * math.log(2 * math.pi) - d * torch.log(sigma)
 
     def kl(self, replay: Replay, ref: Replay) -> Tensor:
@@ -348,15 +338,13 @@ class SoftRepresenter(TokenRepresenter):
             return self.placed.kl(h - h_ref, sigma, replay.embedding, self._aux(replay))
         return (h - h_ref).pow(2).sum(-1) / (2 * sigma**2)
 
-    def _aux(self, replay: Replay) -> dict[str, Tensor]:
+    def _aux(self, replay: Replay) -> PlacedAux | HiddenAux | LogitAux:
         """The stored aux of placed or upstream noise (noisy steps and candidates, perturbed vectors), checked."""
+        if isinstance(self.upstream, HiddenNoise):
+            return HiddenAux.from_replay(replay, self)
         if self.upstream is not None:
-            need = self.upstream.keys()
-        else:
-            need = {"noisy"} if self.placed.top_k is None else {"noisy", "noise_ids"}
-        if replay.aux is None or not need <= replay.aux.keys():
-            raise ValueError(f"{self!r} needs the rollout's aux tensors {sorted(need)} to score a step")
-        return replay.aux
+            return LogitAux.from_replay(replay, self, () if self.upstream.top_k is None else ("logit_ids",))
+        return PlacedAux.from_replay(replay, self, () if self.placed.top_k is None else ("noise_ids",))
 
     def knobs(self) -> str:
         """tau, gamma and where the noise goes."""
@@ -371,7 +359,8 @@ class SoftRepresenter(TokenRepresenter):
 def upstream_noise(
     noise_on: str, logits_top_k: int | None, placed: bool, gamma: float
 ) -> LogitNoise | HiddenNoise | None:
-    """The noise of `noise_on` (None: on the input embedding), or a ValueError naming the knob to fix."""
+    """The noise of `noise_on` (None: on the input embedding), or a ValueError naming the knob to fix (the
+    combinations of knobs; each one's range is checked on the config)."""
     if noise_on not in PLACEMENTS:
         raise ValueError(f"noise_on must be one of {', '.join(PLACEMENTS)}, got {noise_on!r}")
     if noise_on == "top_k_logits" and logits_top_k is None:
@@ -380,8 +369,6 @@ def upstream_noise(
         raise ValueError(
             f"noise_logits_top_k is for noise_on=top_k_logits (got noise_on={noise_on}): set it null"
         )
-    if logits_top_k is not None and logits_top_k < 2:
-        raise ValueError(f"noise_logits_top_k must be >= 2, got {logits_top_k}")
     if noise_on != "embedding" and placed:
         raise ValueError(
             f"noise_top_k and noise_min_entropy place the embedding's noise; with noise_on={noise_on} set them to "

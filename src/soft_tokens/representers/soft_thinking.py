@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from soft_tokens.representers.base import Rng, Step, TrainingFreeRepresenter, positive
+from soft_tokens.representers.base import Rng, Step, TrainingFreeRepresenter
 from soft_tokens.representers.sampling import entropy_of, weighted_rows
 
 
@@ -51,22 +51,13 @@ class SoftThinkingRepresenter(TrainingFreeRepresenter):
         name: str | None = None,
     ) -> None:
         super().__init__(greedy=greedy, name=name or "soft_thinking")
-        self.temperature = positive("temperature", temperature)
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if not 0.0 <= min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {min_p}")
-        if stop_patience < 1:
-            raise ValueError(f"stop_patience must be >= 1, got {stop_patience}")
+        # The ranges of every knob are checked on the config (config_types.RANGES).
+        self.temperature = float(temperature)
         self.top_k, self.top_p, self.min_p = int(top_k), float(top_p), float(min_p)
         self.stop_entropy = None if stop_entropy is None else float(stop_entropy)
         self.stop_patience = int(stop_patience)
 
-    def step(
-        self, logits: Tensor, embedding: Tensor, generator: Rng = None, pre: Tensor | None = None
-    ) -> Step:
+    def step(self, logits: Tensor, embedding: Tensor, generator: Rng = None) -> Step:
         """The filtered top-k mixture; `confident` where its entropy is under `stop_entropy`."""
         probs, top = filtered_top_k(logits, self.temperature, self.top_k, self.top_p, self.min_p)
         confident = None if self.stop_entropy is None else entropy_of(probs) < self.stop_entropy

@@ -4,12 +4,15 @@
 the knobs; `decoding.Decoding` is one call's model parts, KV cache and logits, with one method per phase
 of a step; `decode_state` the rows' buffers and phases and the per-vocabulary token tables; `text` the
 stop-string detection and the texts; `decode_step` a one-position Llama/Qwen2 step without the module
-tree; `kv_cache` the in-place KV cache; `shared_prompts` each distinct prompt encoded once.
+tree; `kv_cache` the in-place KV cache; `shared_prompts` each distinct prompt encoded once; `logprobs` the
+teacher-forced log-probabilities of a rollout (the training loss's input); `seeding` the seeds of its
+random streams.
 """
 
 from soft_tokens.rollout.config import RolloutConfig
 from soft_tokens.rollout.decode_state import DecodeState, TokenTables
 from soft_tokens.rollout.decoding import Decoding
+from soft_tokens.rollout.logprobs import rollout_log_probs
 from soft_tokens.rollout.rollout import (
     Rollout,
     RolloutEngine,
@@ -17,6 +20,7 @@ from soft_tokens.rollout.rollout import (
     encode_prompts,
     torch_threads,
 )
+from soft_tokens.rollout.seeding import mix_seed
 from soft_tokens.rollout.text import RolloutText
 
 __all__ = [
@@ -28,6 +32,8 @@ __all__ = [
     "RolloutText",
     "TokenTables",
     "check_plain_head",
+    "mix_seed",
+    "rollout_log_probs",
     "encode_prompts",
     "torch_threads",
 ]

@@ -69,8 +69,10 @@ class Decoding:
     def cot_step(self, t: int, in_cot: Tensor | slice):
         """The representer's next input for the running rows `in_cot`, recorded in the state."""
         lg = self.logits[in_cot]
-        pre = None if self.pre is None else self.pre[in_cot]
-        step = self.representer.step(lg, self.E, self.generator, pre=pre)
+        if self.pre is None:
+            step = self.representer.step(lg, self.E, self.generator)
+        else:  # what the representer's own `project` carried for these rows
+            step = self.representer.step(lg, self.E, self.generator, pre=self.pre[in_cot])
         self.cot_emb = step.embeds.to(self.E.dtype)
         self.st.record_cot(t, self.st.active[in_cot], step, self.representer.entropy(lg), self.cot_emb)
         return step

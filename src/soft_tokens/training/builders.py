@@ -15,14 +15,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 import lightning as L
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from soft_tokens.atomic_write import write_failed
-from soft_tokens.model_files import check_chat_template
-from soft_tokens.module import SoftTokensModule
+from soft_tokens.configured import instantiate
+from soft_tokens.models.model_files import check_chat_template
+from soft_tokens.runs.atomic_write import write_failed
+from soft_tokens.training.module import SoftTokensModule
 
 
 def build_module(cfg: DictConfig) -> SoftTokensModule:

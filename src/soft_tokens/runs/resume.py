@@ -16,8 +16,8 @@ import lightning as L
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from soft_tokens.run_folder import CHECKPOINT_FOLDER, check_checkpoint_file
-from soft_tokens.run_summary import COMPLETED, RunFinished, RunRefused, read_summary
+from soft_tokens.runs.folder import CHECKPOINT_FOLDER, check_checkpoint_file
+from soft_tokens.runs.summary import COMPLETED, RunFinished, RunRefused, read_summary
 
 RECORD = "config.yaml"
 PARENT = "parent.json"

@@ -4,7 +4,7 @@ Math-Verify (sympy) can run for ever or eat all memory on adversarial answers su
 `(10^{10})!`, and its own timeout (signal.alarm) only works in the main thread and cannot interrupt long C
 calls. So verification runs in a child process (one per Python process, shared by all callers) that is
 killed and restarted when a check overruns its deadline; the child also caps its own memory and CPU time.
-Run as `python -m soft_tokens.math_verify_worker` this module is that child.
+Run as `python -m soft_tokens.rewards.math_verify_worker` this module is that child.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class _VerifierProcess:
         env = dict(
             os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_SRC_DIR, os.environ.get("PYTHONPATH")]))
         )
-        cmd = [sys.executable, "-m", "soft_tokens.math_verify_worker"]
+        cmd = [sys.executable, "-m", "soft_tokens.rewards.math_verify_worker"]
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         except OSError as e:

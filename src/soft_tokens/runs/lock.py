@@ -1,6 +1,6 @@
 """One writer per run folder: a lock file, `<run>/run.lock`, holding the writer's pid, host and start time.
 
-train.py takes it (global rank 0 only) before it writes anything of the run, and removes it when the run
+A run (runs/run.py) takes it on global rank 0 only before it writes anything of the run, and removes it when the run
 ends. A second process starting or resuming in a held folder is refused naming the holder; a lock whose
 process is gone (its pid not running on this host, or the host rebooted since) is taken over with a log
 line. A lock held from another host cannot be checked from here: it is refused, saying how to remove it.
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from soft_tokens.run_summary import RunRefused
+from soft_tokens.runs.summary import RunRefused
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,18 @@ def release(folder: str | Path, record: dict[str, Any]) -> None:
     if read_holder(path) == record:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+# Where launchers put a process's rank (Lightning's order: torchrun, Lightning's own, SLURM, LSF).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def launched_as_global_zero() -> bool:
+    """Whether this process is global rank 0 as its launcher set the environment (true when started alone),
+    known before a Trainer exists."""
+    rank = next((os.environ[k] for k in RANK_VARIABLES if os.environ.get(k, "").strip()), "0")
+    node = os.environ.get("NODE_RANK", "").strip() or os.environ.get("GROUP_RANK", "").strip() or "0"
+    return int(rank) == 0 and int(node) == 0
 
 
 @contextlib.contextmanager

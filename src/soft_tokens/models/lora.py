@@ -43,11 +43,6 @@ class LoraSettings:
         """Settings from a LoraSettings, a mapping of its fields (a YAML block) or None (off)."""
         if value is None or isinstance(value, LoraSettings):
             return value or LoraSettings()
-        unknown = set(value) - {"r", "alpha", "dropout", "target_modules"}
-        if unknown:
-            raise ValueError(
-                f"model.lora: unknown keys {sorted(unknown)} (known: r, alpha, dropout, target_modules)"
-            )
         out = LoraSettings(**dict(value))
         out.target_modules = module_names(out.target_modules)
         if out.r is not None and (isinstance(out.r, bool) or not isinstance(out.r, int)):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 from collections.abc import Iterator
 
 import lightning as L
@@ -65,15 +64,3 @@ def full_parameters(trainer: L.Trainer | None) -> Iterator[None]:
             yield
     else:
         yield
-
-
-# Where launchers put a process's rank (Lightning's order: torchrun, Lightning's own, SLURM, LSF).
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
-
-
-def launched_as_global_zero() -> bool:
-    """Whether this process is global rank 0 as its launcher set the environment (true when started alone),
-    known before a Trainer exists."""
-    rank = next((os.environ[k] for k in RANK_VARIABLES if os.environ.get(k, "").strip()), "0")
-    node = os.environ.get("NODE_RANK", "").strip() or os.environ.get("GROUP_RANK", "").strip() or "0"
-    return int(rank) == 0 and int(node) == 0

@@ -17,8 +17,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from soft_tokens.lora import LoraSettings
-from soft_tokens.model_files import (
+from soft_tokens.models.lora import LoraSettings
+from soft_tokens.models.model_files import (
     ModelNotFound,
     check_model_folder,
     check_tokenizer_folder,
@@ -53,7 +53,7 @@ class ModelConfig:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     pad_token: str | None = None  # used when the tokenizer has none (defaults to the EOS token)
     untie_embeddings: bool = False  # a tied model gets its own copy of E as the LM head
-    lora: LoraSettings = field(default_factory=LoraSettings)  # r=None: full fine-tuning (soft_tokens.lora)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # r=None: full fine-tuning (models/lora.py)
     extra: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained
 
     def __post_init__(self) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 from transformers import get_scheduler
@@ -27,16 +27,21 @@ class OptimConfig:
     max_grad_norm: float = 1.0
 
 
+OPTIMIZERS: dict[str, Callable[[list[torch.nn.Parameter], OptimConfig], torch.optim.Optimizer]] = {
+    "adamw": lambda params, cfg: torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    ),
+    "sgd": lambda params, cfg: torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    ),
+}
+
+
 def build_optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter], max_steps: int) -> dict:
-    """Lightning's optimizer dict: the optimiser over `params` and its per-step schedule over `max_steps`."""
-    if cfg.name == "adamw":
-        opt = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
-        )
-    elif cfg.name == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        raise ValueError(f"module.optim.name={cfg.name!r} is not one of {', '.join(get_args(OptimizerName))}")
+    """Lightning's optimizer dict: the optimiser over `params` and its per-step schedule over `max_steps`.
+
+    `cfg.name` is one of OptimizerName (checked on the config, config_types)."""
+    opt = OPTIMIZERS[cfg.name](params, cfg)
     sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=max_steps)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -18,7 +18,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from soft_tokens.representers.base import Replay, TokenRepresenter
 from soft_tokens.representers.sampling import categorical_log_prob, k3_kl
-from soft_tokens.rollout import Rollout
+from soft_tokens.rollout.rollout import Rollout
 from soft_tokens.rollout.shared_prompts import prefill, prompt_groups
 
 

@@ -1,4 +1,5 @@
-"""One optimizer step of the module's manual optimisation: clip, skip a non-finite step, step.
+"""One optimizer step of the module's manual optimisation: clip, skip a non-finite step, step; and stopping a
+run whose loss or gradient stays non-finite, with a message that says where to resume.
 
 Without DeepSpeed: clip `p.grad` to the maximum norm and step only when the loss and the gradient are finite
 on every rank. Under DeepSpeed ZeRO (docs/method.md, "One training step") the gradients live in ZeRO's own
@@ -10,6 +11,7 @@ a step whose gradient is not finite, and (3) reads the engine's global gradient 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,3 +74,28 @@ def zero_step(engine: Any, opt: Any) -> tuple[bool, float]:
     opt.step()
     norm = engine.get_global_grad_norm()
     return bool(engine.was_step_applied()), float("inf") if norm is None else float(norm)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many consecutive optimisation steps with a non-finite loss or gradient."""
+
+
+def non_finite_message(trainer: L.Trainer, bad_steps: int) -> str:
+    """Why the run stops after `max_bad_steps` non-finite steps, and the checkpoint to resume from, if any."""
+    saved = [
+        path
+        for cb in trainer.checkpoint_callbacks
+        for path in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+        if path and os.path.isfile(path)
+    ]
+    newest = max(saved, key=os.path.getmtime) if saved else None
+    resume = (
+        f"Resume from the newest checkpoint with ckpt_path={newest}"
+        if newest
+        else "No checkpoint was written."
+    )
+    return (
+        f"{bad_steps} optimisation steps in a row had a non-finite loss or gradient (last at step "
+        f"{trainer.global_step}); stopping. Check the rewards and advantages, lower module.optim.lr, or raise "
+        f"module.max_bad_steps. {resume}"
+    )

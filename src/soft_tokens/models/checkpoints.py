@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from soft_tokens.lora import LoraSettings, is_adapter_state, merge_adapter_state
-from soft_tokens.model_files import TOKENIZER_FILES, check_model_folder
-from soft_tokens.models import ModelConfig, check_local_path, hub_errors
-from soft_tokens.run_folder import check_checkpoint_file
+from soft_tokens.models.loading import ModelConfig, check_local_path, hub_errors
+from soft_tokens.models.lora import LoraSettings, is_adapter_state, merge_adapter_state
+from soft_tokens.models.model_files import TOKENIZER_FILES, check_model_folder
+from soft_tokens.runs.folder import check_checkpoint_file
 
 log = logging.getLogger(__name__)
 

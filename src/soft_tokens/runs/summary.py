@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from soft_tokens.atomic_write import atomic_write_text
+from soft_tokens.runs.atomic_write import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Math reward: the last \\boxed{} answer, checked against the gold answer, shaped into a reward.
 
 Plain numbers are compared in-process; anything else goes to Math-Verify in its killable worker process
-(`soft_tokens.math_verify_worker`), where a timeout or an error counts as wrong.
+(`soft_tokens.rewards.math_verify_worker`), where a timeout or an error counts as wrong.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from decimal import Decimal
 import torch
 from torch import Tensor
 
-from soft_tokens.boxed import extract_boxed
-from soft_tokens.math_verify_worker import VERIFIER
+from soft_tokens.rewards.boxed import extract_boxed
+from soft_tokens.rewards.math_verify_worker import VERIFIER
 
 __all__ = ["MathReward", "RewardResult", "extract_boxed", "is_correct", "stats"]
 

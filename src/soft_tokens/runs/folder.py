@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from soft_tokens.run_summary import StartRefused
+from soft_tokens.runs.summary import StartRefused
 
 CHECKPOINT_FOLDER = "checkpoints"
 HYDRA_SUBDIR, RESUMES = ".hydra", "resumes"

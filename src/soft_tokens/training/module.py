@@ -20,31 +20,35 @@ from transformers import PreTrainedModel
 
 from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.estimators.base import Estimator, StepTotals, check_group_size
-from soft_tokens.eval.checkpoints import load_lightning_checkpoint, policy_state_dict
-from soft_tokens.export import PROBE_QUESTIONS, CardFacts, monitored_score, save_tokenizer, write_model_card
-from soft_tokens.logprobs import rollout_log_probs
-from soft_tokens.lora import (
+from soft_tokens.models import (
+    PROBE_QUESTIONS,
     AdapterDisabled,
+    CardFacts,
+    ModelConfig,
     adapter_keys,
     add_adapters,
     is_peft,
     load_adapter_state,
+    load_lightning_checkpoint,
     merged_copy,
+    monitored_score,
+    policy_state_dict,
+    save_tokenizer,
+    write_model_card,
 )
-from soft_tokens.models import ModelConfig
-from soft_tokens.non_finite import NonFiniteLossError, non_finite_message
-from soft_tokens.optim import OptimConfig, apply_changed_settings, build_optimizer
-from soft_tokens.optimizer_step import (
+from soft_tokens.representers.base import TokenRepresenter
+from soft_tokens.rollout import RolloutConfig, RolloutEngine, mix_seed, rollout_log_probs
+from soft_tokens.training.optim import OptimConfig, apply_changed_settings, build_optimizer
+from soft_tokens.training.optimizer_step import (
+    NonFiniteLossError,
     clip_and_step,
     configure_zero_clipping,
+    non_finite_message,
     zero_engine,
     zero_micro_batch,
     zero_step,
 )
-from soft_tokens.representers.base import TokenRepresenter
-from soft_tokens.rollout import RolloutConfig, RolloutEngine
-from soft_tokens.seeding import mix_seed
-from soft_tokens.train_metrics import Group, step_metrics
+from soft_tokens.training.step_metrics import Group, step_metrics
 
 log = logging.getLogger(__name__)
 
