@@ -11,6 +11,8 @@ their ratio is the signal-to-noise of one batch (docs/continuous_rl_study.md, "G
     python scripts/grad_diagnostics.py --representers hard,soft,fuzzy --B 16 --G 8 --snr 8
     python scripts/grad_diagnostics.py --representers hard,soft --snr 16 --prompt-seeds 0,1 \
         --answer-temperature 1.0 --noise-top-k 4 --noise-min-entropy 0.3 --gammas 0.5
+    python scripts/grad_diagnostics.py --representers soft --snr 16 --noise-on top_k_logits \
+        --noise-logits-top-k 5 --gammas 1.0        # the paper's top-5 logit noise (gamma in logit units)
 
 With `--snr`, each SNR comes with a 90% bootstrap interval over the K batches (pairs of the same batch
 left out of each resample), each prompt set (`--prompt-seeds`) gets its own rows, and the CoT's forks are
@@ -61,7 +63,13 @@ def build(name: str, gamma: float, args: argparse.Namespace) -> TokenRepresenter
     """Representer `name` as train.py builds it (conf/representer/<name>.yaml) with this script's knobs: hard
     at the answer temperature, fuzzy at --fuzzy-temperature, and gamma and the noise placement where the
     representer takes them (soft, fuzzy)."""
-    knobs = {"gamma": gamma, "noise_top_k": args.noise_top_k, "noise_min_entropy": args.noise_min_entropy}
+    knobs = {
+        "gamma": gamma,
+        "noise_top_k": args.noise_top_k,
+        "noise_min_entropy": args.noise_min_entropy,
+        "noise_on": args.noise_on,
+        "noise_logits_top_k": args.noise_logits_top_k if args.noise_on == "top_k_logits" else None,
+    }
     if name == "hard":
         knobs["temperature"] = args.answer_temperature
     if name == "fuzzy":
@@ -70,11 +78,14 @@ def build(name: str, gamma: float, args: argparse.Namespace) -> TokenRepresenter
 
 
 def noise_knobs(name: str, args: argparse.Namespace) -> dict:
-    """--noise-top-k and --noise-min-entropy as representer `name` uses them (None and 0 where it has no noise)."""
+    """The noise flags as representer `name` uses them (None, 0 and "embedding" where it has no such noise)."""
     noise = rc.takes(name, "noise_top_k")
+    placed = rc.takes(name, "noise_on")
     return {
         "noise_top_k": args.noise_top_k if noise else None,
         "noise_min_entropy": args.noise_min_entropy if noise else 0.0,
+        "noise_on": args.noise_on if placed else "embedding",
+        "noise_logits_top_k": args.noise_logits_top_k if placed and args.noise_on == "top_k_logits" else None,
     }
 
 
@@ -274,6 +285,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-temperature", type=number(0.0, low_closed=False), default=SAMPLING_TEMPERATURE)
     p.add_argument("--noise-top-k", type=count(2), default=None, help="soft/fuzzy noise in the top-k span")
     p.add_argument("--noise-min-entropy", type=number(0.0), default=0.0, help="noise only at forks (nats)")
+    p.add_argument(
+        "--noise-on",
+        choices=["embedding", "hidden", "logits", "top_k_logits"],
+        default="embedding",
+        help="where soft/fuzzy noise goes (representer.noise_on; docs/method.md, 'Noise placements')",
+    )
+    p.add_argument("--noise-logits-top-k", type=count(2), default=5, help="k of --noise-on top_k_logits")
     p.add_argument(
         "--control-variate",
         action="store_true",

@@ -78,6 +78,12 @@ def test_representer_names_build_what_train_builds():
     assert type(hard) is HardRepresenter and hard.temperature == gd.SAMPLING_TEMPERATURE
     soft = gd.build("soft", 0.25, gd.parse(["--noise-top-k", "3"]))
     assert type(soft) is SoftRepresenter and soft.gamma == 0.25 and soft.placed.top_k == 3
+    # the paper's placements (Appendix F.2) reach the representer as train.py's representer.noise_on does
+    top5 = gd.build("soft", 1.0, gd.parse(["--noise-on", "top_k_logits", "--noise-logits-top-k", "5"]))
+    assert top5.noise_on == "top_k_logits" and top5.upstream.top_k == 5 and top5.gamma == 1.0
+    hidden = gd.build("fuzzy", 0.33, gd.parse(["--noise-on", "hidden"]))
+    assert hidden.noise_on == "hidden" and hidden.tau == 1e-4
+    assert gd.noise_knobs("hard", gd.parse(["--noise-on", "logits"]))["noise_on"] == "embedding"
     # gamma applies where the representer has it: hard and gumbel run once whatever --gammas lists
     args = gd.parse(["--representers", "hard,gumbel,soft", "--gammas", "0.1,0.2"])
     assert gd.settings(args) == [("hard", 0.0), ("gumbel", 0.0), ("soft", 0.1), ("soft", 0.2)]
