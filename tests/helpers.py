@@ -11,6 +11,19 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# The config groups of conf/train.yaml whose every file the config tests compose.
+GROUPS = [
+    "model",
+    "data",
+    "representer",
+    "estimator",
+    "reward",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "debug",
+]
 
 # Prompts of different lengths (left padding differs per row), for rollout and KV-cache tests.
 PROMPTS = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, compose_train
+from helpers import CONF, GROUPS, compose_train
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -14,19 +14,6 @@ from omegaconf import OmegaConf
 from soft_tokens.estimators.base import Estimator
 from soft_tokens.models.loading import ModelConfig
 from soft_tokens.representers.base import TokenRepresenter
-
-GROUPS = [
-    "model",
-    "data",
-    "representer",
-    "estimator",
-    "reward",
-    "trainer",
-    "callbacks",
-    "logger",
-    "experiment",
-    "debug",
-]
 
 
 def choices(group: str) -> list[str]:
