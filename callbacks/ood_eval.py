@@ -1,7 +1,7 @@
-"""Periodic out-of-domain multiple-choice evaluation (HellaSwag, ARC, MMLU): accuracy and NLL drift.
+"""Periodic out-of-domain evaluation (HellaSwag, ARC, MMLU, or another math task): accuracy and NLL drift.
 
 The paper's claim: soft/fuzzy training keeps the base model's out-of-domain behaviour, hard training drifts.
-So next to the policy's accuracy and per-token NLL of the correct choice, this logs the NLL change against
+So next to the policy's accuracy and per-token NLL of the correct answer, this logs the NLL change against
 the base model, scored once: the frozen reference model when the module has one, else the policy itself at
 step 0, before any update (cached, and saved in checkpoints so that resumed runs keep the same base).
 """
@@ -16,8 +16,12 @@ import lightning as L
 import torch
 
 from callbacks.periodic import PeriodicEval
+from soft_tokens.data.sources import Source
+from soft_tokens.data.types import Example
 from soft_tokens.eval.metrics import MeanAccuracy, MeanNLL
-from soft_tokens.eval.ood import ChoiceItem, load_choice_items, score_choices
+from soft_tokens.eval.ood import ChoiceItem, load_choice_items, score_choices, solution_items
+from soft_tokens.eval.solve import InferenceSetting, solve
+from soft_tokens.representers import HardRepresenter
 from soft_tokens.training.distributed import full_parameters
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,10 @@ class OODEval(PeriodicEval):
     "split": "test"}}, or a local file as `path`. Logs `ood/<name>/accuracy`, `ood/<name>/nll`,
     `ood/<name>/nll_delta_vs_base` (policy minus base), and the base's `ood/<name>/base_accuracy` and
     `ood/<name>/base_nll`. Each process scores a disjoint shard; the metrics are summed over processes.
+
+    A math task is given as {"format": "task", "source": <a data source>} (e.g. `soft_tokens.data.mnns.
+    MnnsSource(split="test", n=500)`): its accuracy is hard-greedy pass@1 scored by the module's reward, its
+    NLL the per-token NLL of the reference solution after the prompt (`soft_tokens.eval.ood.solution_items`).
     """
 
     def __init__(
@@ -46,14 +54,14 @@ class OODEval(PeriodicEval):
         self.dataset_cfgs = {str(k): dict(v) for k, v in datasets.items()}
         self.batch_size = batch_size
         self.max_length = max_length
-        self.items: dict[str, list[ChoiceItem]] | None = None
+        self.items: dict[str, list[ChoiceItem] | list[Example]] | None = None
         self.base: dict[str, dict[str, float]] = {}
         self._warned = False
 
     # ----- data
-    def _load(self) -> dict[str, list[ChoiceItem]]:
+    def _load(self) -> dict[str, list[ChoiceItem] | list[Example]]:
         if self.items is None:
-            self.items = {name: load_choice_items(**cfg) for name, cfg in self.dataset_cfgs.items()}
+            self.items = {name: _load_dataset(name, cfg) for name, cfg in self.dataset_cfgs.items()}
             for name, items in self.items.items():
                 log.info("ood dataset %s: %d items", name, len(items))
         return self.items
@@ -73,17 +81,33 @@ class OODEval(PeriodicEval):
             acc, nll = MeanAccuracy().to(device), MeanNLL().to(device)
             if shard:
                 with full_parameters(trainer):  # FSDP: each rank scores its shard alone, with the whole model
-                    res = score_choices(
-                        model,
-                        pl_module.tokenizer,
-                        shard,
-                        batch_size=self.batch_size,
-                        max_length=self.max_length,
-                    )
-                acc.update(res.correct)
-                nll.update(res.answer_nll, res.answer_tokens)
+                    correct, answer_nll, answer_tokens = self._score_shard(model, pl_module, shard)
+                acc.update(correct)
+                nll.update(answer_nll, answer_tokens)
             out[name] = {"accuracy": float(acc.compute()), "nll": float(nll.compute())}
         return out
+
+    def _score_shard(self, model, pl_module, shard: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(correct, summed answer NLL, answer tokens) per item of a multiple-choice or math-task shard."""
+        if isinstance(shard[0], Example):
+            greedy = InferenceSetting("hard_greedy", HardRepresenter(name="hard", greedy=True))
+            solved = solve(
+                model,
+                pl_module.engine,
+                pl_module.format_prompt,
+                shard,
+                greedy,
+                pl_module.reward.score_batch,
+                batch_size=self.batch_size,
+            )
+            shard_items = solution_items(shard, pl_module.format_prompt)
+        else:
+            solved, shard_items = None, shard
+        res = score_choices(
+            model, pl_module.tokenizer, shard_items, batch_size=self.batch_size, max_length=self.max_length
+        )
+        correct = solved.correct[:, 0] if solved is not None else res.correct
+        return correct, res.answer_nll, res.answer_tokens
 
     def measure(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
         """Score the policy (and the base, the first time) on every dataset: the metrics."""
@@ -117,3 +141,29 @@ class OODEval(PeriodicEval):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base = {k: dict(v) for k, v in state_dict.get("base", {}).items()}
+
+
+def load_task(format: str, source: Source) -> list[Example]:
+    """A math task's problems as an out-of-domain set: `format` "task", `source` a data source with load()."""
+    if format != "task" or not hasattr(source, "load"):
+        raise ValueError(
+            f"a task needs format 'task' and a data source, got {format!r} and {type(source).__name__}"
+        )
+    examples = source.load()
+    if not examples:
+        raise ValueError("its source yielded no problems")
+    return examples
+
+
+def _load_dataset(name: str, cfg: Mapping[str, Any]) -> list[ChoiceItem] | list[Example]:
+    """A multiple-choice dataset's items, or a math task's problems ({"format": "task", "source": Source})."""
+    if cfg.get("format") != "task":
+        return load_choice_items(**cfg)
+    if set(cfg) != {"format", "source"}:
+        raise ValueError(
+            f"ood dataset {name!r}: a task takes exactly `format: task` and `source`, got keys {sorted(cfg)}"
+        )
+    try:
+        return load_task(**cfg)
+    except ValueError as err:
+        raise ValueError(f"ood dataset {name!r}: {err}") from None

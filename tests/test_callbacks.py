@@ -20,6 +20,7 @@ from soft_tokens.representers import HardRepresenter
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "ood"
+HUB_SETS = ["hellaswag", "arc", "mmlu"]
 
 
 def test_callbacks_log_their_metrics_in_a_tiny_fit(tmp_path, tiny_model_dir):
@@ -31,6 +32,7 @@ def test_callbacks_log_their_metrics_in_a_tiny_fit(tmp_path, tiny_model_dir):
             f"model.name_or_path={tiny_model_dir}",
             "representer=soft",
             "callbacks=ood",
+            "callbacks/ood_sets@callbacks.ood_eval=hub",  # the multiple-choice sets, on the arith data
             "callbacks.rich_progress_bar=null",
             "callbacks.math_eval.max_examples=2",
             f"callbacks.ood_eval.datasets.arc.path={FIXTURES / 'arc_tiny.jsonl'}",
@@ -74,6 +76,60 @@ def test_callbacks_log_their_metrics_in_a_tiny_fit(tmp_path, tiny_model_dir):
     from_hf, _, _ = load_policy(model_cfg, tmp_path / "policy")
     for (k, a), b in zip(from_ckpt.state_dict().items(), from_hf.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize(("data", "sets"), [("arith", ["mnns"]), ("mnns", ["arith"]), ("gsm8k", HUB_SETS)])
+def test_ood_datasets_follow_the_data_choice(data, sets):
+    cfg = compose_train([f"data={data}", "callbacks=ood"])
+    assert list(cfg.callbacks.ood_eval.datasets) == sets
+
+
+def test_task_ood_scores_the_other_task_like_solve_and_score_choices(tmp_path):
+    """On the two-task model, data=mnns scores arithmetic: greedy accuracy and the NLL of the solutions."""
+    from soft_tokens.data.sources import ArithSource
+    from soft_tokens.eval.ood import score_choices, solution_items
+    from soft_tokens.eval.solve import InferenceSetting, solve
+    from soft_tokens.training.builders import build_module
+
+    cfg = compose_train(
+        [
+            "debug=fast",
+            "data=mnns",
+            "model=embedded_mix",
+            "callbacks=ood",
+            "callbacks.rich_progress_bar=null",
+            "callbacks.ood_eval.datasets.arith.source.n=12",
+            "trainer.max_steps=1",
+            "logger=csv",
+        ],
+        tmp_path,
+    )
+    metrics = train_script.train(cfg)
+    module = build_module(cfg)  # the base model, as the run loaded it
+    module.configure_model()
+    examples = ArithSource(split="test", n=12, seed=0).load()
+    greedy = InferenceSetting("hard_greedy", HardRepresenter(greedy=True))
+    solved = solve(
+        module.policy, module.engine, module.format_prompt, examples, greedy, module.reward.score_batch
+    )
+    scores = score_choices(module.policy, module.tokenizer, solution_items(examples, module.format_prompt))
+    assert metrics["ood/arith/base_accuracy"] == pytest.approx(float(solved.correct.float().mean()))
+    assert metrics["ood/arith/base_nll"] == pytest.approx(scores.mean_nll, rel=1e-5)
+    assert 0 < scores.mean_nll < 1  # the model was trained on these solutions' format
+    assert {"ood/arith/accuracy", "ood/arith/nll", "ood/arith/nll_delta_vs_base"} <= set(metrics)
+
+
+def test_task_ood_dataset_errors_name_the_dataset():
+    from soft_tokens.data.sources import ArithSource
+
+    with pytest.raises(ValueError, match="ood dataset 'arith'.*exactly `format: task` and `source`"):
+        OODEval({"arith": {"format": "task", "source": ArithSource(n=2), "limit": 5}})._load()
+    with pytest.raises(ValueError, match="ood dataset 'x'.*got keys \\['format'\\]"):
+        OODEval({"x": {"format": "task"}})._load()
+    with pytest.raises(
+        ValueError, match="ood dataset 'y': a task needs .* a data source, got 'task' and int"
+    ):
+        OODEval({"y": {"format": "task", "source": 3}})._load()
 
 
 def test_training_free_settings_run_in_math_eval_but_do_not_train(tmp_path, tiny_model_dir):
@@ -190,6 +246,7 @@ def test_eval_metrics_once_per_evaluation_at_their_step(tmp_path, tiny_model_dir
             f"callbacks.math_eval.every_n_steps={every}",
             "callbacks.rich_progress_bar=null",
             "callbacks=ood",
+            "callbacks/ood_sets@callbacks.ood_eval=hub",
             f"callbacks.ood_eval.datasets.arc.path={FIXTURES / 'arc_tiny.jsonl'}",
             "~callbacks.ood_eval.datasets.mmlu",
             "~callbacks.ood_eval.datasets.hellaswag",

@@ -43,6 +43,7 @@ CONSUMERS: dict[str, str] = {
     "ood.datasets.*": "soft_tokens.eval.ood:load_choice_items",
     "callbacks.ood_eval.datasets.*": "soft_tokens.eval.ood:load_choice_items",
 }
+TASK_READER = "callbacks.ood_eval:load_task"  # an ood dataset with `format: task` (a math task's source)
 # Targets whose `**kwargs` go to another callable, not to their base class.
 KWARGS_TO = {"lightning.pytorch.strategies.DDPStrategy": "torch.nn.parallel.DistributedDataParallel"}
 
@@ -141,6 +142,9 @@ def unread(node: Any, path: str = "") -> Iterator[str]:
         reader = next(
             (c for p, c in CONSUMERS.items() if p.endswith(".*") and fnmatch.fnmatch(generic, p)), None
         )
+        if isinstance(value, dict) and value.get("format") == "task" and reader is not None:
+            reader = TASK_READER
+            yield from unread(value.get("source"), f"{full}.source")
         if reader is not None and ":" in reader and isinstance(value, dict):
             yield from (
                 f"{full}.{k} (not an argument of {reader})" for k in value if not consumer_reads(reader, k)
@@ -172,7 +176,9 @@ def test_every_key_of_conf_is_read(name, overrides):
     ],
 )
 def test_a_key_that_nothing_reads_is_named(override, expected):
-    cfg = OmegaConf.to_container(compose_config("train", ["callbacks=ood", override]), resolve=False)
+    cfg = OmegaConf.to_container(
+        compose_config("train", ["callbacks=ood", "data=gsm8k", override]), resolve=False
+    )
     found = list(unread(cfg))
     assert len(found) == 1 and found[0].startswith(expected)
 

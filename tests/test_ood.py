@@ -11,7 +11,8 @@ import pytest
 import torch
 from numerics import U, categorical_tolerance, logit_bound
 
-from soft_tokens.eval.ood import ChoiceItem, arc_item, load_choice_items, score_choices
+from soft_tokens.data.types import Example
+from soft_tokens.eval.ood import ChoiceItem, arc_item, load_choice_items, score_choices, solution_items
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ood"
 
@@ -76,6 +77,16 @@ def test_bad_rows_and_formats_are_reported(tmp_path):
         load_choice_items("arc", str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError):
         ChoiceItem("ctx", (" a",), answer=1)
+
+
+def test_solution_items_are_the_prompt_and_the_reference_solution():
+    examples = [Example("What is 2 + 3?", "5", "2 + 3 = 5. The final answer is: \\boxed{5}", id="a")]
+    (item,) = solution_items(examples, lambda q: f"User: {q} Assistant:")
+    assert item == ChoiceItem(
+        "User: What is 2 + 3? Assistant:", (" 2 + 3 = 5. The final answer is: \\boxed{5}",), 0, id="a"
+    )
+    with pytest.raises(ValueError, match="problem data.jsonl, line 3 has no reference solution"):
+        solution_items([Example("q", "1", None, origin="data.jsonl, line 3")], str)
 
 
 def test_hub_names_go_through_load_dataset(monkeypatch):

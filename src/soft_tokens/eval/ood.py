@@ -1,4 +1,5 @@
-"""Out-of-domain multiple choice: HellaSwag, ARC, MMLU (docs/method.md, "Inference settings and metrics").
+"""Out-of-domain evaluation: HellaSwag, ARC, MMLU multiple choice, or another math task (docs/method.md,
+"Inference settings and metrics").
 
 Every dataset is mapped to one common form, `ChoiceItem(context, choices, answer)`, by a loader per hub
 format (`hellaswag`: ctx/endings/label, `arc`: question/choices.text/answerKey, `mmlu`:
@@ -7,7 +8,9 @@ context, `sum_t log p(choice_t | context, choice_<t)`; the prediction is the arg
 per-token NLL of the correct choice measures how much of the base model's language modelling survives RL.
 
 Items come from a hub dataset (`datasets.load_dataset`) or from a local .jsonl/.json/.parquet file whose rows
-are in the same hub format, selected by `path`.
+are in the same hub format, selected by `path`. A math task (e.g. the embedded model's other task) is scored
+by greedy accuracy and by the per-token NLL of its reference solution after the prompt: each problem becomes
+a one-choice item (`solution_items`), so both kinds share `score_choices`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from soft_tokens.data.files import BadRow, DataError, is_local_file, read_rows
+from soft_tokens.data.types import Example
 
 QA_TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -161,6 +165,21 @@ def load_choice_items(
             items.append(to_item(rows[i], str(i)))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{at}: cannot read it as {format}: {err!r}") from None
+    return items
+
+
+def solution_items(examples: list[Example], prompt: Callable[[str], str]) -> list[ChoiceItem]:
+    """Each problem as a one-choice item: its prompt as context, `" " + reference solution` as the choice."""
+    items = []
+    for ex in examples:
+        if not ex.solution:
+            where = ex.origin or ex.id or repr(ex.question[:60])
+            raise ValueError(
+                f"out-of-domain task problem {where} has no reference solution to score the NLL of"
+            )
+        items.append(
+            ChoiceItem(context=prompt(ex.question), choices=(" " + ex.solution,), answer=0, id=ex.id)
+        )
     return items
 
 
