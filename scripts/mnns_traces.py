@@ -1,0 +1,168 @@
+"""How many partial-sum traces a policy's MNNS chains of thought explore, and how mixed their sign choices are.
+
+For each representer, G chains of thought per test problem are sampled as in training (answers at
+--answer-temperature) and measured (docs/second_task.md, "Traces"):
+- `accuracy`: the share of samples whose boxed answer is the minimum (sampled pass@1);
+- `cot_entropy`: the mean next-token entropy (temperature 1) over CoT steps;
+- `distinct_traces`: the mean number of distinct partial-sum sequences per group of G, read from the CoT
+  text (for soft, fuzzy and Gumbel tokens the argmax shadow);
+- `optimal_in_group`: the share of groups holding at least one sample whose signs reach the minimum;
+- `sign_minority` and `sign_minority_input`: at every step whose token is a chosen sign (` +` or ` -`
+  right after a digit; after ` =` or `.` a ` -` starts a negative number), the
+  share of the two signs' probability that goes to the less likely one, under the next-token distribution
+  (temperature 1) and under the representer's input mixture softmax(logits / tau) (hard tokens: 0, one
+  sign is fed); near 0.5 the input carries both branches at once, near 0 one.
+
+    python scripts/mnns_traces.py --model <run>/policy_best --representers hard,soft --n 100 --G 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Iterator
+
+import torch
+
+try:
+    from scripts import grad_diagnostics as gd
+    from scripts import representer_configs as rc
+    from scripts.script_inputs import comma_list, count, number, output_file, usage_errors
+except ModuleNotFoundError:  # run as `python scripts/mnns_traces.py`: scripts/ itself is on the path
+    import grad_diagnostics as gd
+    import representer_configs as rc
+    from script_inputs import comma_list, count, number, output_file, usage_errors
+
+from soft_tokens.data.mnns import generate_split, minimum
+from soft_tokens.data.prompts import PromptBuilder
+from soft_tokens.rewards.math_reward import MathReward
+from soft_tokens.rollout.logprobs import hidden_states
+
+STEP = re.compile(r"(-?\d+) ([+-]) (\d) = (-?\d+)\.")
+
+
+def partial_sums(cot: str) -> tuple[int, ...]:
+    """The partial sums a CoT writes (`0 + 3 = 3. 3 - 1 = 2.` -> (3, 2)), as it wrote them."""
+    return tuple(int(m.group(4)) for m in STEP.finditer(cot))
+
+
+def signs(cot: str) -> tuple[int, ...]:
+    """The signs a CoT chose, +1 or -1 per equation."""
+    return tuple(1 if m.group(2) == "+" else -1 for m in STEP.finditer(cot))
+
+
+def reaches_minimum(cot: str, digits: tuple[int, ...]) -> bool:
+    """Whether the CoT's signs, applied to the question's digits, give the minimum non-negative sum."""
+    s = signs(cot)
+    return len(s) == len(digits) and sum(a * d for a, d in zip(s, digits)) == minimum(digits)
+
+
+def minority_share(z_plus: torch.Tensor, z_minus: torch.Tensor, tau: float) -> torch.Tensor:
+    """Share of the two signs' probability under softmax(z / tau) that goes to the less likely sign."""
+    return torch.sigmoid(-(z_plus - z_minus).abs() / tau)
+
+
+def input_tau(rep) -> float | None:
+    """The temperature of the representer's input mixture (soft, fuzzy), None for a one-hot (hard) input."""
+    return getattr(rep, "tau", None) if rep.name != "hard" else None
+
+
+def group_stats(cots: list[str], digits: tuple[int, ...]) -> tuple[int, bool]:
+    """(distinct partial-sum traces, whether any sample reaches the minimum) of one group."""
+    return len({partial_sums(c) for c in cots}), any(reaches_minimum(c, digits) for c in cots)
+
+
+def measure(model, engine, rep, examples, G: int, seed: int) -> dict[str, float]:
+    """The metrics of one representer on `examples`, G samples each (see the module docstring)."""
+    prompt = PromptBuilder("compact")
+    reward = MathReward()
+    tok = engine.tokenizer
+    sign_ids = [tok(s, add_special_tokens=False).input_ids for s in (" +", " -")]
+    if any(len(ids) != 1 for ids in sign_ids):
+        raise ValueError(f"the tokenizer splits ' +' or ' -' into several tokens: {sign_ids}")
+    plus, minus = sign_ids[0][0], sign_ids[1][0]
+    digit_ids = torch.tensor(tok.convert_tokens_to_ids(list("0123456789")))
+    gen = torch.Generator().manual_seed(seed)
+    correct, ent_sum, ent_n, distinct, optimal = 0.0, 0.0, 0, [], []
+    minority, minority_in = [], []
+    tau = input_tau(rep)
+    for ex in examples:
+        digits = tuple(int(x) for x in re.findall(r"\d", ex.question.split("digits ")[1].split(" so")[0]))
+        with torch.no_grad():
+            ro = engine.generate(model, [prompt(ex.question)] * G, rep, generator=gen)
+            _, c = reward.score_batch(ro.completions, [ex.answer] * G)
+            correct += float(c.float().sum())
+            ent_sum += float((ro.entropy * ro.cot_mask).sum())
+            ent_n += int(ro.cot_mask.sum())
+            n, any_opt = group_stats(ro.cot_texts, digits)
+            distinct.append(n)
+            optimal.append(any_opt)
+            logits = model.get_output_embeddings()(hidden_states(model, ro)).float()  # [G, S, V]
+        gen_ids = ro.ids[:, ro.prompt_len :]
+        # a sign is chosen right after a number (`4 - 8`); after `=` or `.` a ` -` starts a negative number
+        prev = torch.cat([ro.ids[:, ro.prompt_len - 1 : ro.prompt_len], gen_ids[:, :-1]], dim=1)
+        at_sign = ro.cot_mask & ((gen_ids == plus) | (gen_ids == minus)) & torch.isin(prev, digit_ids)
+        z_plus, z_minus = logits[..., plus][at_sign], logits[..., minus][at_sign]
+        minority += minority_share(z_plus, z_minus, 1.0).tolist()
+        if tau is not None:
+            minority_in += minority_share(z_plus, z_minus, tau).tolist()
+    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    return {
+        "accuracy": correct / (G * len(examples)),
+        "cot_entropy": ent_sum / max(ent_n, 1),
+        "distinct_traces": mean(distinct),
+        "optimal_in_group": mean([float(x) for x in optimal]),
+        "sign_minority": mean(minority),
+        "sign_minority_input": mean(minority_in) if tau is not None else 0.0,
+        "sign_steps": len(minority),
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a saved policy folder (e.g. <run>/policy_best)")
+    p.add_argument("--representers", type=comma_list(str), default=["hard"], help="conf/representer/ names")
+    p.add_argument("--n", type=count(1), default=100, help="test problems (the first n of the 4-digit split)")
+    p.add_argument("--G", type=count(1), default=16, help="samples per problem")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--answer-temperature", type=number(0.0, low_closed=False), default=1.0)
+    p.add_argument("--max-cot", type=count(1), default=64)
+    p.add_argument("--out", type=output_file, default=None, help="append one JSON row per representer")
+    return p
+
+
+def rows(args: argparse.Namespace) -> Iterator[dict]:
+    """One row of metrics per representer."""
+    model, engine = gd.load(args)
+    examples = generate_split("test", args.n, seed=0)
+    for name in args.representers:
+        knobs = {"temperature": args.answer_temperature} if name == "hard" else {}
+        rep = rc.build_representer(name, **knobs)
+        yield {
+            "model": args.model,
+            "representer": name,
+            "n": args.n,
+            "G": args.G,
+            "seed": args.seed,
+        } | measure(model, engine, rep, examples, args.G, args.seed)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Print (and with --out append) one JSON row per representer."""
+    out = []
+    with usage_errors(p := parser()):
+        args = p.parse_args(argv)
+        for row in rows(args):
+            print(json.dumps(row), flush=True)
+            out.append(row)
+            if args.out is not None:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,67 @@
+"""scripts/mnns_traces.py: reading partial sums and signs from MNNS chains of thought, and one tiny run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from script_usage import usage_error
+
+from scripts import mnns_traces as mt
+
+ROOT = Path(__file__).resolve().parents[1]
+COT = " 0 + 4 = 4. 4 - 8 = -4. -4 + 6 = 2. 2 - 7 = -5. The final answer is:"
+
+
+def test_partial_sums_and_signs_are_read_as_written():
+    assert mt.partial_sums(COT) == (4, -4, 2, -5)
+    assert mt.signs(COT) == (1, -1, 1, -1)
+    assert mt.partial_sums("no equations") == ()
+
+
+def test_reaching_the_minimum_applies_the_signs_to_the_question_digits():
+    # 4, 8, 6, 7 sum to 25, which is odd, so no sign pattern gives 0; -4 - 8 + 6 + 7 = 1 is the minimum
+    assert mt.reaches_minimum(" 0 - 4 = -4. -4 - 8 = -12. -12 + 6 = -6. -6 + 7 = 1.", (4, 8, 6, 7))
+    assert not mt.reaches_minimum(COT, (4, 8, 6, 7))  # signs + - + - give 4 - 8 + 6 - 7 = -5
+    assert not mt.reaches_minimum(" 0 + 4 = 4.", (4, 8, 6, 7))  # too few equations
+    # a slip in the written partial sums does not matter, only the chosen signs
+    assert mt.reaches_minimum(" 0 - 4 = -4. -4 - 8 = -11. -11 + 6 = -6. -6 + 7 = 9.", (4, 8, 6, 7))
+
+
+def test_group_stats_count_distinct_traces():
+    a, b = " 0 + 1 = 1. 1 - 2 = -1.", " 0 - 1 = -1. -1 + 2 = 1."
+    assert mt.group_stats([a, a, b], (1, 2)) == (2, True)  # -1 + 2 = 1 is the minimum
+    assert mt.group_stats([a, a], (1, 2)) == (1, False)
+
+
+def test_minority_share_by_hand():
+    # logits 2 and 0: p = e^2 / (e^2 + 1) at tau 1, the minority gets 1 / (1 + e^2) = 0.1192
+    share = mt.minority_share(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0]), 1.0)
+    assert share.tolist() == pytest.approx([1 / (1 + math.e**2)] * 2)
+    # tau 0.5 doubles the gap: 1 / (1 + e^4)
+    assert float(mt.minority_share(torch.tensor(2.0), torch.tensor(0.0), 0.5)) == pytest.approx(
+        1 / (1 + math.e**4)
+    )
+
+
+def test_tiny_run_on_the_two_task_model(tmp_path):
+    out = tmp_path / "traces.jsonl"
+    model = str(ROOT / "assets" / "embedded_mix")
+    rows = mt.main(
+        ["--model", model, "--representers", "hard,soft", "--n", "2", "--G", "3", "--out", str(out)]
+    )
+    assert [r["representer"] for r in rows] == ["hard", "soft"]
+    assert len(out.read_text().splitlines()) == 2
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["optimal_in_group"] <= 1 and r["cot_entropy"] >= 0
+        assert 1 <= r["distinct_traces"] <= 3
+        assert 0 <= r["sign_minority"] <= 0.5 and r["sign_steps"] > 0
+    assert rows[0]["sign_minority_input"] == 0.0  # hard tokens feed one sign
+    assert 0 < rows[1]["sign_minority_input"] <= 0.5
+
+
+def test_bad_arguments_end_in_a_usage_message(capsys, tmp_path):
+    assert "--n" in usage_error(mt.main, ["--model", "x", "--n", "0"], capsys)
+    assert "no such folder" in usage_error(mt.main, ["--model", str(tmp_path / "none")], capsys)
