@@ -6,6 +6,11 @@ seeds; a seed evaluated in two runs (greedy on the whole test split, sampling on
 
     python scripts/seed_table.py --group hard=outputs/eval/hard_s0,outputs/eval/hard_s1 \
         --group soft=outputs/eval/soft_s0,outputs/eval/soft_s1 --k 32
+
+`--column SETTING@K` (repeated) picks other columns than hard greedy pass@1 and hard sample pass@k, e.g.
+`--column hard_greedy@1 --column soft_greedy@1`. `--baseline LABEL` adds, per column, each method's mean
+minus the baseline's with the standard error of that difference, sqrt(SE_a^2 + SE_b^2) from the unrounded
+per-seed scores (the seeds of two methods are independent runs).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ except ModuleNotFoundError:  # run as `python scripts/seed_table.py`: scripts/ i
     from script_inputs import InputError, count, existing_folder, output_file, read_json, usage_errors
 
 Group = tuple[str, list[list[Path]]]  # label, per seed the evaluate.py folders of that seed
+Column = tuple[str, int]  # an evaluate.py setting and the k of its pass@k
 
 
 def score(results: dict, setting: str, k: int) -> tuple[float, float] | None:
@@ -61,6 +67,26 @@ def group(text: str) -> Group:
     return label.strip(), [[existing_folder(d) for d in seed.split("+")] for seed in dirs.split(",")]
 
 
+def column(text: str) -> Column:
+    """`SETTING@K`, e.g. `soft_greedy@1` (argparse type)."""
+    setting, sep, k = text.partition("@")
+    if not sep or not setting.strip() or not k.strip().isdigit() or int(k) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SETTING@K, e.g. hard_greedy@1")
+    return setting.strip(), int(k)
+
+
+def mean_se(scores: list[float]) -> tuple[float, float]:
+    """The mean of per-seed scores and its standard error (sd / sqrt(n); 0 for one seed)."""
+    se = statistics.stdev(scores) / math.sqrt(len(scores)) if len(scores) > 1 else 0.0
+    return statistics.fmean(scores), se
+
+
+def difference(a: list[float], b: list[float]) -> str:
+    """'d ± se' of mean(a) - mean(b), the SE of the difference from both groups' per-seed SEs."""
+    (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
+    return f"{ma - mb:+.2f} ± {math.hypot(sa, sb):.2f}"
+
+
 def summary(values: list[tuple[float, float]]) -> str:
     """'m ± se (a / b / c; per-run SE s)' for per-seed (score, SE) pairs (a single run: its own SE)."""
     scores = [v for v, _ in values]
@@ -72,23 +98,24 @@ def summary(values: list[tuple[float, float]]) -> str:
     return f"{mean:.1f} ± {se:.1f} ({seeds}; per-run SE {statistics.fmean(e for _, e in values):.1f})"
 
 
-def rows(groups: list[Group], k: int) -> list[list[str]]:
-    """One table row per group."""
+def rows(groups: list[Group], columns: list[Column], baseline: str | None = None) -> list[list[str]]:
+    """One table row per group: its scores per column, and with a baseline the differences to it."""
+    scores: dict[str, list[list[tuple[float, float]] | None]] = {}
     out = []
     for label, seeds in groups:
         results = [merged(dirs) for dirs in seeds]
-        greedy = [score(r, "hard_greedy", 1) for r in results]
-        sample = [score(r, "hard_sample", k) for r in results]
+        per_column = [[score(r, setting, k) for r in results] for setting, k in columns]
+        scores[label] = [vals if all(vals) else None for vals in per_column]
         n = {s["n_problems"] for r in results for s in r["settings"]}
-        out.append(
-            [
-                label,
-                str(len(results)),
-                "/".join(map(str, sorted(n))),
-                summary([g for g in greedy if g]) if all(greedy) else "-",
-                summary([s for s in sample if s]) if all(sample) else "-",
-            ]
-        )
+        cells = [summary(vals) if vals else "-" for vals in scores[label]]
+        out.append([label, str(len(results)), "/".join(map(str, sorted(n))), *cells])
+    if baseline is not None:
+        if baseline not in scores:
+            raise InputError(f"--baseline {baseline!r} is not one of the groups {list(scores)}")
+        for row in out:
+            for a, b in zip(scores[row[0]], scores[baseline]):
+                same = row[0] == baseline or not a or not b
+                row.append("-" if same else difference([v for v, _ in a], [v for v, _ in b]))
     return out
 
 
@@ -98,11 +125,22 @@ def main(argv: list[str] | None = None) -> str:
         "--group", type=group, action="append", required=True, help="LABEL=DIR[,DIR...] evaluate.py folders"
     )
     p.add_argument("--k", type=count(1), default=32, help="k of the sampled pass@k column")
+    p.add_argument(
+        "--column",
+        type=column,
+        action="append",
+        help="SETTING@K columns (default: hard greedy pass@1 and hard sample pass@k)",
+    )
+    p.add_argument("--baseline", default=None, help="a group LABEL: add each method's difference to it")
     p.add_argument("--out", type=output_file, default=None)
     args = p.parse_args(argv)
-    head = ["method", "seeds", "test problems", "hard greedy pass@1 (%)", f"hard sample pass@{args.k} (%)"]
+    columns = args.column or [("hard_greedy", 1), ("hard_sample", args.k)]
+    names = [f"{s.replace('_', ' ')} pass@{k} (%)" for s, k in columns]
+    head = ["method", "seeds", "test problems", *names]
+    if args.baseline is not None:
+        head += [f"{n[:-4]} - {args.baseline}" for n in names]
     with usage_errors(p):
-        text = markdown_table(head, rows(args.group, args.k))
+        text = markdown_table(head, rows(args.group, columns, args.baseline))
     if args.out:
         args.out.write_text(text + "\n")
     print(text)

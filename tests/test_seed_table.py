@@ -30,6 +30,21 @@ def test_mean_and_standard_error_over_seeds_by_hand(tmp_path):
     )
 
 
+def test_columns_and_the_difference_to_a_baseline_by_hand(tmp_path):
+    h = [_results(tmp_path / f"h{i}", g, 0.9) for i, g in enumerate((0.40, 0.50))]
+    s = [_results(tmp_path / f"s{i}", g, 0.9) for i, g in enumerate((0.44, 0.46, 0.48))]
+    text = seed_table.main(
+        ["--group", f"hard={','.join(h)}", "--group", f"soft={','.join(s)}", "--column", "hard_greedy@1"]
+        + ["--column", "hard_sample@1", "--baseline", "hard"]
+    )
+    # soft: mean 46.0, sd 2.0 -> SE 1.155; hard: 45.0 ± 5.0; difference +1.00 ± sqrt(5^2 + 1.155^2) = 5.13.
+    # hard_sample@1 is 30.0 in every file: difference 0 ± 0.
+    assert "| hard greedy pass@1 (%) | hard sample pass@1 (%) | hard greedy pass@1 - hard |" in text
+    assert "| soft | 3 | 500 | 46.0 ± 1.2 (44.0 / 46.0 / 48.0; per-run SE 2.0) | 30.0 ± 0.0" in text
+    assert text.splitlines()[-1].endswith("| +1.00 ± 5.13 | +0.00 ± 0.00 |")
+    assert "| hard | 2 | 500 | 45.0 ± 5.0 (40.0 / 50.0; per-run SE 2.0) |" in text
+
+
 def test_a_seed_split_over_two_evaluations(tmp_path):
     a = _results(tmp_path / "a", 0.40, 0.90)
     b = _results(tmp_path / "b", 0.50, 0.94)
@@ -60,6 +75,15 @@ def test_bad_groups_end_in_a_usage_message(tmp_path, capsys, group, message):
     (tmp_path / "list" / "results.json").write_text("[]")
     err = usage_error(seed_table.main, ["--group", group.format(tmp=tmp_path)], capsys)
     assert message.format(tmp=tmp_path) in err
+
+
+def test_bad_column_and_baseline_are_usage_errors(tmp_path, capsys):
+    a = _results(tmp_path / "a", 0.40, 0.90)
+    assert "expected SETTING@K" in usage_error(
+        seed_table.main, ["--group", f"h={a}", "--column", "x@0"], capsys
+    )
+    err = usage_error(seed_table.main, ["--group", f"h={a}", "--baseline", "soft"], capsys)
+    assert "--baseline 'soft' is not one of the groups ['h']" in err
 
 
 def test_bad_k_and_out_into_a_missing_folder_are_usage_errors(tmp_path, capsys):
