@@ -14,6 +14,10 @@ For each representer, G chains of thought per test problem are sampled as in tra
   sign is fed); near 0.5 the input carries both branches at once, near 0 one.
 
     python scripts/mnns_traces.py --model <run>/policy_best --representers hard,soft --n 100 --G 16
+    python scripts/mnns_traces.py --model <run>/policy_best --representers soft --noise-top-k 2 \
+        --noise-min-entropy 0.3 --gamma 0.35      # the placed noise of experiment=mnns_soft
+
+`--gamma`, `--noise-top-k` and `--noise-min-entropy` go to the representers whose config has them.
 """
 
 from __future__ import annotations
@@ -130,6 +134,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--answer-temperature", type=number(0.0, low_closed=False), default=1.0)
     p.add_argument("--max-cot", type=count(1), default=64)
+    p.add_argument(
+        "--gamma", type=number(0.0), default=None, help="noise scale where the representer takes one"
+    )
+    p.add_argument(
+        "--noise-top-k", type=count(2), default=None, help="placed noise: between the top-k tokens"
+    )
+    p.add_argument("--noise-min-entropy", type=number(0.0), default=None, help="placed noise: at forks only")
     p.add_argument("--out", type=output_file, default=None, help="append one JSON row per representer")
     return p
 
@@ -140,6 +151,9 @@ def rows(args: argparse.Namespace) -> Iterator[dict]:
     examples = generate_split("test", args.n, seed=0)
     for name in args.representers:
         knobs = {"temperature": args.answer_temperature} if name == "hard" else {}
+        for key in ("gamma", "noise_top_k", "noise_min_entropy"):
+            if getattr(args, key) is not None and rc.takes(name, key):
+                knobs[key] = getattr(args, key)
         rep = rc.build_representer(name, **knobs)
         yield {
             "model": args.model,

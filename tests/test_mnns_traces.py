@@ -62,6 +62,27 @@ def test_tiny_run_on_the_two_task_model(tmp_path):
     assert 0 < rows[1]["sign_minority_input"] <= 0.5
 
 
+def test_noise_knobs_reach_the_representers_that_take_them(monkeypatch):
+    built = []
+    monkeypatch.setattr(mt.gd, "load", lambda args: (None, None))
+    monkeypatch.setattr(mt, "measure", lambda *a: {})
+    monkeypatch.setattr(mt.rc, "build_representer", lambda name, **knobs: built.append((name, knobs)))
+    argv = [
+        "--model",
+        "m",
+        "--representers",
+        "hard,soft",
+        "--noise-top-k",
+        "2",
+        "--gamma",
+        "0.35",
+        "--n",
+        "1",
+    ]
+    list(mt.rows(mt.parser().parse_args(argv)))
+    assert built == [("hard", {"temperature": 1.0}), ("soft", {"gamma": 0.35, "noise_top_k": 2})]
+
+
 def test_bad_arguments_end_in_a_usage_message(capsys, tmp_path):
     assert "--n" in usage_error(mt.main, ["--model", "x", "--n", "0"], capsys)
     assert "no such folder" in usage_error(mt.main, ["--model", str(tmp_path / "none")], capsys)
