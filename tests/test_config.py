@@ -95,18 +95,21 @@ def test_embedded_soft_experiment_differs_from_the_default_in_the_noise_and_g_on
         assert OmegaConf.to_container(cfg[key]) == OmegaConf.to_container(default[key]), key
 
 
-@pytest.mark.parametrize("name", ["mnns_hard", "mnns_soft"])
-def test_mnns_presets_are_the_study_commands(name):
+PLACED = ["representer.noise_top_k=2", "representer.noise_min_entropy=0.3", "representer.gamma=0.35"]
+
+
+@pytest.mark.parametrize(
+    ("preset", "study"),
+    [
+        (["experiment=mnns_hard"], ["representer=hard"]),
+        (["experiment=mnns_soft"], ["representer=soft", *PLACED]),
+        (["experiment=mnns_hard", "representer=soft"], ["representer=soft"]),
+        (["experiment=mnns_hard", "representer=fuzzy"], ["representer=fuzzy"]),
+        (["experiment=mnns_hard", "representer=soft_grpo"], ["representer=soft_grpo"]),
+    ],
+)
+def test_mnns_presets_are_the_study_commands(preset, study):
     """experiment=mnns_* composes what the study ran (docs/second_task.md): the same config but the task name."""
-    study = {
-        "mnns_hard": ["representer=hard"],
-        "mnns_soft": [
-            "representer=soft",
-            "representer.noise_top_k=2",
-            "representer.noise_min_entropy=0.3",
-            "representer.gamma=0.35",
-        ],
-    }[name]
     common = [
         "data=mnns",
         "model=embedded_mix",
@@ -116,10 +119,10 @@ def test_mnns_presets_are_the_study_commands(name):
         "trainer.max_steps=100",
         "callbacks.math_eval.every_n_steps=20",
     ]
-    preset = OmegaConf.to_container(compose_train([f"experiment={name}", "paths.output_dir=/tmp/x"]))
+    composed = OmegaConf.to_container(compose_train([*preset, "paths.output_dir=/tmp/x"]))
     ran = OmegaConf.to_container(compose_train([*common, *study, "paths.output_dir=/tmp/x"]))
-    assert preset.pop("task_name") == name and ran.pop("task_name") == "train"
-    assert preset == ran
+    assert composed.pop("task_name") == preset[0].split("=")[1] and ran.pop("task_name") == "train"
+    assert composed == ran
 
 
 def test_embedded_fuzzy_experiment_trains_the_answer_tokens_only():
