@@ -13,6 +13,8 @@ their ratio is the signal-to-noise of one batch (docs/continuous_rl_study.md, "G
         --answer-temperature 1.0 --noise-top-k 4 --noise-min-entropy 0.3 --gammas 0.5
     python scripts/grad_diagnostics.py --representers soft --snr 16 --noise-on top_k_logits \
         --noise-logits-top-k 5 --gammas 1.0        # the paper's top-5 logit noise (gamma in logit units)
+    python scripts/grad_diagnostics.py --representers soft --snr 16 --noise-scale nearest_token \
+        --gammas 0.5                              # isotropic noise of norm 0.5 x the nearest-token distance
 
 With `--snr`, each SNR comes with a 90% bootstrap interval over the K batches (pairs of the same batch
 left out of each resample), each prompt set (`--prompt-seeds`) gets its own rows, and the CoT's forks are
@@ -69,6 +71,7 @@ def build(name: str, gamma: float, args: argparse.Namespace) -> TokenRepresenter
         "noise_min_entropy": args.noise_min_entropy,
         "noise_on": args.noise_on,
         "noise_logits_top_k": args.noise_logits_top_k if args.noise_on == "top_k_logits" else None,
+        "noise_scale": args.noise_scale,
     }
     if name == "hard":
         knobs["temperature"] = args.answer_temperature
@@ -86,6 +89,7 @@ def noise_knobs(name: str, args: argparse.Namespace) -> dict:
         "noise_min_entropy": args.noise_min_entropy if noise else 0.0,
         "noise_on": args.noise_on if placed else "embedding",
         "noise_logits_top_k": args.noise_logits_top_k if placed and args.noise_on == "top_k_logits" else None,
+        "noise_scale": args.noise_scale if rc.takes(name, "noise_scale") else "rms",
     }
 
 
@@ -292,6 +296,12 @@ def parser() -> argparse.ArgumentParser:
         help="where soft/fuzzy noise goes (representer.noise_on; docs/method.md, 'Noise placements')",
     )
     p.add_argument("--noise-logits-top-k", type=count(2), default=5, help="k of --noise-on top_k_logits")
+    p.add_argument(
+        "--noise-scale",
+        choices=["rms", "centred_rms", "nearest_token"],
+        default="rms",
+        help="the unit of gamma for isotropic embedding noise (representer.noise_scale; docs/method.md, 'Noise scale')",
+    )
     p.add_argument(
         "--control-variate",
         action="store_true",

@@ -33,6 +33,36 @@ def embedding_rms(embedding: Tensor, block: int = 1 << 22) -> Tensor:
     return (total / max(flat.numel(), 1)).sqrt().float()
 
 
+NOISE_SCALES = ("rms", "centred_rms", "nearest_token")
+NEAREST_SAMPLE = 512  # tokens whose nearest-neighbour distance is measured (all of them below this)
+
+
+def embedding_scale(embedding: Tensor, kind: str = "rms") -> Tensor:
+    """The unit of gamma for the isotropic embedding noise, sigma = gamma * scale (docs/method.md, "Noise
+    scale"), float32 and detached: `rms` RMS(E) (the paper); `centred_rms` the RMS of E minus its mean row
+    (the spread of the tokens around their common mean); `nearest_token` the median distance from a token
+    to its nearest other token over sqrt(d), so that the noise's norm, about sigma * sqrt(d), is gamma times
+    that distance (measured on NEAREST_SAMPLE tokens drawn with a fixed seed when V is larger)."""
+    if kind == "rms":
+        return embedding_rms(embedding)
+    E = embedding.detach().float()
+    if kind == "centred_rms":
+        return embedding_rms(E - E.mean(0))
+    if kind != "nearest_token":
+        raise ValueError(f"noise_scale must be one of {', '.join(NOISE_SCALES)}, got {kind!r}")
+    V, d = E.shape
+    rows = torch.arange(V, device=E.device)
+    if V > NEAREST_SAMPLE:
+        pick = torch.randperm(V, generator=torch.Generator().manual_seed(0))[:NEAREST_SAMPLE]
+        rows = pick.to(E.device)
+    nearest = []
+    for part in rows.split(64):
+        dist = torch.cdist(E[part], E)  # [64, V]
+        dist[torch.arange(len(part)), part] = float("inf")  # not the token itself
+        nearest.append(dist.amin(1))
+    return torch.cat(nearest).median() / math.sqrt(d)
+
+
 # exp(x) is exactly 0 in float32 for x < -103.98 (below the smallest subnormal); twice that as a margin.
 UNDERFLOW_SPAN = 2 * 104.0
 
@@ -137,6 +167,7 @@ class SoftRepresenter(TokenRepresenter):
         noise_min_entropy: float = 0.0,
         noise_on: str = "embedding",
         noise_logits_top_k: int | None = None,
+        noise_scale: str = "rms",
     ) -> None:
         super().__init__(greedy=greedy, name=name)
         # The ranges of tau, gamma and the noise knobs are checked on the config (config_types.RANGES).
@@ -147,6 +178,7 @@ class SoftRepresenter(TokenRepresenter):
         self.placed = PlacedNoise(noise_top_k, float(noise_min_entropy), self.gamma) if placed else None
         self.noise_on = str(noise_on)
         self.upstream = upstream_noise(self.noise_on, noise_logits_top_k, placed, self.gamma)
+        self.noise_scale = check_noise_scale(str(noise_scale), placed, self.noise_on)
         self._head: torch.nn.Module | None = None  # the LM head `project` last saw (hidden-state noise only)
         self.embedding_grad = embedding_grad  # False: the CoT log-density's mixture treats E as a constant
         self._sigma_key: tuple | None = None
@@ -168,10 +200,11 @@ class SoftRepresenter(TokenRepresenter):
         return {**self.__dict__, "_head": None}
 
     def sigma(self, embedding: Tensor) -> Tensor:
-        """Noise scale gamma * RMS(E); recomputed only when E changes (new storage or in-place update)."""
+        """Noise scale gamma * RMS(E) (or the `noise_scale` unit); recomputed only when E changes (new storage
+        or in-place update)."""
         key = (embedding.data_ptr(), embedding._version, embedding.shape, embedding.device)
         if key != self._sigma_key:
-            self._sigma = self.gamma * embedding_rms(embedding)
+            self._sigma = self.gamma * embedding_scale(embedding, self.noise_scale)
             self._sigma_key = key
         return self._sigma
 
@@ -353,7 +386,20 @@ class SoftRepresenter(TokenRepresenter):
         placed += "" if self.upstream is None else f", noise_on={self.noise_on}"
         if isinstance(self.upstream, LogitNoise) and self.upstream.top_k is not None:
             placed += f", noise_logits_top_k={self.upstream.top_k}"
+        placed += "" if self.noise_scale == "rms" else f", noise_scale={self.noise_scale}"
         return f", tau={self.tau}, gamma={self.gamma}{placed}"
+
+
+def check_noise_scale(noise_scale: str, placed: bool, noise_on: str) -> str:
+    """`noise_scale`, or a ValueError naming the knob: it sets the unit of the isotropic embedding noise only."""
+    if noise_scale not in NOISE_SCALES:
+        raise ValueError(f"noise_scale must be one of {', '.join(NOISE_SCALES)}, got {noise_scale!r}")
+    if noise_scale != "rms" and (placed or noise_on != "embedding"):
+        raise ValueError(
+            f"noise_scale={noise_scale} sets the unit of the isotropic embedding noise; placed noise (noise_top_k, "
+            f"noise_min_entropy) and noise_on={noise_on} have their own units: keep noise_scale=rms with them"
+        )
+    return noise_scale
 
 
 def upstream_noise(
