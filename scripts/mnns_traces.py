@@ -6,7 +6,12 @@ For each representer, G chains of thought per test problem are sampled as in tra
 - `cot_entropy`: the mean next-token entropy (temperature 1) over CoT steps;
 - `distinct_traces`: the mean number of distinct partial-sum sequences per group of G, read from the CoT
   text (for soft, fuzzy and Gumbel tokens the argmax shadow);
-- `optimal_in_group`: the share of groups holding at least one sample whose signs reach the minimum;
+- `optimal_in_group`: the share of groups holding at least one sample whose written partial sums are a
+  valid path to the minimum (each one the previous plus or minus the next digit, the last the minimum);
+- `sign_text_mismatch`: among equations whose partial sum is the previous one plus or minus the digit,
+  the share whose written sign is not the one that partial sum used. Hard tokens feed the written sign, so
+  this is near 0; a soft CoT's written sign is only the argmax shadow of a mixture, and the partial sums
+  that follow may carry the other branch (`0 + 1 = -1`);
 - `sign_minority` and `sign_minority_input`: at every step whose token is a chosen sign (` +` or ` -`
   right after a digit; after ` =` or `.` a ` -` starts a negative number), the
   share of the two signs' probability that goes to the less likely one, under the next-token distribution
@@ -58,10 +63,27 @@ def signs(cot: str) -> tuple[int, ...]:
     return tuple(1 if m.group(2) == "+" else -1 for m in STEP.finditer(cot))
 
 
+def used_signs(cot: str, digits: tuple[int, ...]) -> list[int | None]:
+    """Per written partial sum, the sign it used (+1: the previous sum plus the digit, -1: minus; None: a
+    slip), the previous sum being the one written before it (0 at the start)."""
+    out, prev = [], 0
+    for s, d in zip(partial_sums(cot), digits):
+        out.append(1 if s == prev + d else -1 if s == prev - d else None)
+        prev = s
+    return out
+
+
 def reaches_minimum(cot: str, digits: tuple[int, ...]) -> bool:
-    """Whether the CoT's signs, applied to the question's digits, give the minimum non-negative sum."""
-    s = signs(cot)
-    return len(s) == len(digits) and sum(a * d for a, d in zip(s, digits)) == minimum(digits)
+    """Whether the written partial sums are a valid path over all digits that ends at the minimum."""
+    sums = partial_sums(cot)
+    used = used_signs(cot, digits)
+    return len(sums) == len(digits) and None not in used and sums[-1] == minimum(digits)
+
+
+def sign_mismatches(cot: str, digits: tuple[int, ...]) -> tuple[int, int]:
+    """(equations whose written sign differs from the sign their partial sum used, equations without a slip)."""
+    pairs = [(w, u) for w, u in zip(signs(cot), used_signs(cot, digits)) if u is not None]
+    return sum(w != u for w, u in pairs), len(pairs)
 
 
 def minority_share(z_plus: torch.Tensor, z_minus: torch.Tensor, tau: float) -> torch.Tensor:
@@ -90,7 +112,7 @@ def measure(model, engine, rep, examples, G: int, seed: int) -> dict[str, float]
     plus, minus = sign_ids[0][0], sign_ids[1][0]
     digit_ids = torch.tensor(tok.convert_tokens_to_ids(list("0123456789")))
     gen = torch.Generator().manual_seed(seed)
-    correct, ent_sum, ent_n, distinct, optimal = 0.0, 0.0, 0, [], []
+    correct, ent_sum, ent_n, distinct, optimal, mismatch = 0.0, 0.0, 0, [], [], [0, 0]
     minority, minority_in = [], []
     tau = input_tau(rep)
     for ex in examples:
@@ -104,6 +126,10 @@ def measure(model, engine, rep, examples, G: int, seed: int) -> dict[str, float]
             n, any_opt = group_stats(ro.cot_texts, digits)
             distinct.append(n)
             optimal.append(any_opt)
+            for cot in ro.cot_texts:
+                bad, total = sign_mismatches(cot, digits)
+                mismatch[0] += bad
+                mismatch[1] += total
             logits = model.get_output_embeddings()(hidden_states(model, ro)).float()  # [G, S, V]
         gen_ids = ro.ids[:, ro.prompt_len :]
         # a sign is chosen right after a number (`4 - 8`); after `=` or `.` a ` -` starts a negative number
@@ -119,6 +145,7 @@ def measure(model, engine, rep, examples, G: int, seed: int) -> dict[str, float]
         "cot_entropy": ent_sum / max(ent_n, 1),
         "distinct_traces": mean(distinct),
         "optimal_in_group": mean([float(x) for x in optimal]),
+        "sign_text_mismatch": mismatch[0] / mismatch[1] if mismatch[1] else math.nan,
         "sign_minority": mean(minority),
         "sign_minority_input": mean(minority_in) if tau is not None else 0.0,
         "sign_steps": len(minority),

@@ -21,13 +21,23 @@ def test_partial_sums_and_signs_are_read_as_written():
     assert mt.partial_sums("no equations") == ()
 
 
-def test_reaching_the_minimum_applies_the_signs_to_the_question_digits():
+def test_reaching_the_minimum_follows_the_written_partial_sums():
     # 4, 8, 6, 7 sum to 25, which is odd, so no sign pattern gives 0; -4 - 8 + 6 + 7 = 1 is the minimum
     assert mt.reaches_minimum(" 0 - 4 = -4. -4 - 8 = -12. -12 + 6 = -6. -6 + 7 = 1.", (4, 8, 6, 7))
-    assert not mt.reaches_minimum(COT, (4, 8, 6, 7))  # signs + - + - give 4 - 8 + 6 - 7 = -5
+    assert not mt.reaches_minimum(COT, (4, 8, 6, 7))  # a valid path, but it ends at -5
     assert not mt.reaches_minimum(" 0 + 4 = 4.", (4, 8, 6, 7))  # too few equations
-    # a slip in the written partial sums does not matter, only the chosen signs
-    assert mt.reaches_minimum(" 0 - 4 = -4. -4 - 8 = -11. -11 + 6 = -6. -6 + 7 = 9.", (4, 8, 6, 7))
+    # the written signs do not matter, the partial sums do: this soft shadow writes + and computes -
+    assert mt.reaches_minimum(" 0 + 4 = -4. -4 + 8 = -12. -12 + 6 = -6. -6 + 7 = 1.", (4, 8, 6, 7))
+    # a slip breaks the path even if the last sum is the minimum
+    assert not mt.reaches_minimum(" 0 - 4 = -4. -4 - 8 = -11. -11 + 6 = -6. -6 + 7 = 1.", (4, 8, 6, 7))
+
+
+def test_used_signs_and_mismatches_by_hand():
+    cot = " 0 + 1 = -1. -1 + 6 = 5. 5 + 5 = 9. 9 + 6 = 15."  # a soft CoT of the base model, digits 1, 6, 5, 6
+    assert mt.used_signs(cot, (1, 6, 5, 6)) == [-1, 1, None, 1]  # 9 is no 5 +- 5: a slip
+    # equations without a slip: 1st (written +, used -), 2nd (+, +), 4th (+, +): one mismatch of three
+    assert mt.sign_mismatches(cot, (1, 6, 5, 6)) == (1, 3)
+    assert mt.sign_mismatches(COT, (4, 8, 6, 7)) == (0, 4)
 
 
 def test_group_stats_count_distinct_traces():
@@ -58,6 +68,7 @@ def test_tiny_run_on_the_two_task_model(tmp_path):
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["optimal_in_group"] <= 1 and r["cot_entropy"] >= 0
         assert 1 <= r["distinct_traces"] <= 3
         assert 0 <= r["sign_minority"] <= 0.5 and r["sign_steps"] > 0
+        assert 0 <= r["sign_text_mismatch"] <= 1
     assert rows[0]["sign_minority_input"] == 0.0  # hard tokens feed one sign
     assert 0 < rows[1]["sign_minority_input"] <= 0.5
 
