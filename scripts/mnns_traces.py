@@ -23,6 +23,12 @@ For each representer, G chains of thought per test problem are sampled as in tra
         --noise-min-entropy 0.3 --gamma 0.35      # the placed noise of experiment=mnns_soft
 
 `--gamma`, `--noise-top-k` and `--noise-min-entropy` go to the representers whose config has them.
+
+`--summarize FILE --group LABEL=SUBSTRING ...` reads rows written with --out and prints a markdown table: per
+group (the rows whose model path contains SUBSTRING) and representer, each metric's mean ± standard error
+over the group's models (seeds).
+
+    python scripts/mnns_traces.py --summarize traces.jsonl --group hard=/hard_s --group soft=/soft_placed_s
 """
 
 from __future__ import annotations
@@ -33,17 +39,26 @@ import math
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 try:
     from scripts import grad_diagnostics as gd
     from scripts import representer_configs as rc
-    from scripts.script_inputs import comma_list, count, number, output_file, usage_errors
+    from scripts.script_inputs import (
+        InputError,
+        comma_list,
+        count,
+        number,
+        output_file,
+        read_text,
+        usage_errors,
+    )
 except ModuleNotFoundError:  # run as `python scripts/mnns_traces.py`: scripts/ itself is on the path
     import grad_diagnostics as gd
     import representer_configs as rc
-    from script_inputs import comma_list, count, number, output_file, usage_errors
+    from script_inputs import InputError, comma_list, count, number, output_file, read_text, usage_errors
 
 from soft_tokens.data.mnns import generate_split, minimum
 from soft_tokens.data.prompts import PromptBuilder
@@ -152,9 +167,61 @@ def measure(model, engine, rep, examples, G: int, seed: int) -> dict[str, float]
     }
 
 
+SUMMARY = ("accuracy", "cot_entropy", "distinct_traces", "optimal_in_group", "sign_text_mismatch")
+SUMMARY += ("sign_minority", "sign_minority_input")
+
+
+def summarize(rows: list[dict], groups: list[tuple[str, str]]) -> str:
+    """A markdown table: per group and representer, mean ± SE over models of every SUMMARY metric."""
+    import statistics
+
+    from soft_tokens.eval.markdown import markdown_table
+
+    table = []
+    for label, part in groups:
+        mine = [r for r in rows if part in r["model"]]
+        for rep in dict.fromkeys(r["representer"] for r in mine):
+            vals = [r for r in mine if r["representer"] == rep]
+            cells = []
+            for key in SUMMARY:
+                xs = [float(r[key]) for r in vals]
+                se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+                cells.append(f"{statistics.fmean(xs):.3f}" + ("" if se is None else f" ± {se:.3f}"))
+            table.append([label, rep, str(len(vals)), *cells])
+    return markdown_table(["trained", "traced with", "models", *SUMMARY], table)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The JSON rows of a file written with --out, or InputError naming the file and line."""
+    out = []
+    for i, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}, line {i}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not {"model", "representer", *SUMMARY} <= set(row):
+            raise InputError(f"{path}, line {i}: not a row of mnns_traces.py --out")
+        out.append(row)
+    return out
+
+
+def group_arg(text: str) -> tuple[str, str]:
+    """`LABEL=SUBSTRING` (argparse type)."""
+    label, sep, part = text.partition("=")
+    if not sep or not label or not part:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=SUBSTRING")
+    return label, part
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="a saved policy folder (e.g. <run>/policy_best)")
+    p.add_argument("--model", help="a saved policy folder (e.g. <run>/policy_best)")
+    p.add_argument("--summarize", type=Path, default=None, help="a file of rows written with --out")
+    p.add_argument(
+        "--group", type=group_arg, action="append", default=[], help="LABEL=SUBSTRING (--summarize)"
+    )
     p.add_argument("--representers", type=comma_list(str), default=["hard"], help="conf/representer/ names")
     p.add_argument("--n", type=count(1), default=100, help="test problems (the first n of the 4-digit split)")
     p.add_argument("--G", type=count(1), default=16, help="samples per problem")
@@ -196,6 +263,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = []
     with usage_errors(p := parser()):
         args = p.parse_args(argv)
+        if args.summarize is not None:
+            found = read_rows(args.summarize)
+            print(summarize(found, args.group or [("all", "")]))
+            return found
+        if args.model is None:
+            raise InputError("--model is required (or --summarize FILE)")
         for row in rows(args):
             print(json.dumps(row), flush=True)
             out.append(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -94,6 +95,31 @@ def test_noise_knobs_reach_the_representers_that_take_them(monkeypatch):
     assert built == [("hard", {"temperature": 1.0}), ("soft", {"gamma": 0.35, "noise_top_k": 2})]
 
 
+def test_summarize_means_and_standard_errors_by_hand(tmp_path, capsys):
+    keys = mt.SUMMARY
+    rows = [
+        {"model": "r/hard_s0/p", "representer": "hard", **{k: 0.2 for k in keys}},
+        {"model": "r/hard_s1/p", "representer": "hard", **{k: 0.4 for k in keys}},
+        {"model": "r/soft_s0/p", "representer": "soft", **{k: 0.5 for k in keys}},
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mt.main(["--summarize", str(path), "--group", "hard=/hard_s", "--group", "soft=/soft_s"])
+    lines = capsys.readouterr().out.splitlines()
+    # hard: mean 0.3, sd 0.1414 -> SE 0.1; soft: one model, no SE
+    assert lines[2] == "| hard | hard | 2 | " + " | ".join(["0.300 ± 0.100"] * len(keys)) + " |"
+    assert lines[3] == "| soft | soft | 1 | " + " | ".join(["0.500"] * len(keys)) + " |"
+
+
 def test_bad_arguments_end_in_a_usage_message(capsys, tmp_path):
     assert "--n" in usage_error(mt.main, ["--model", "x", "--n", "0"], capsys)
     assert "no such folder" in usage_error(mt.main, ["--model", str(tmp_path / "none")], capsys)
+    assert "--model is required" in usage_error(mt.main, [], capsys)
+    assert "expected LABEL=SUBSTRING" in usage_error(mt.main, ["--summarize", "x", "--group", "a"], capsys)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"model": "m"}\n{')
+    assert "bad.jsonl, line 1: not a row of mnns_traces.py --out" in usage_error(
+        mt.main, ["--summarize", str(bad)], capsys
+    )
+    bad.write_text("{")
+    assert "bad.jsonl, line 1: not JSON" in usage_error(mt.main, ["--summarize", str(bad)], capsys)
