@@ -10,7 +10,8 @@ seeds; a seed evaluated in two runs (greedy on the whole test split, sampling on
 `--column SETTING@K` (repeated) picks other columns than hard greedy pass@1 and hard sample pass@k, e.g.
 `--column hard_greedy@1 --column soft_greedy@1`. `--baseline LABEL` adds, per column, each method's mean
 minus the baseline's with the standard error of that difference, sqrt(SE_a^2 + SE_b^2) from the unrounded
-per-seed scores (the seeds of two methods are independent runs).
+per-seed scores (the seeds of two methods are independent runs); `*` marks a difference with a one-run group
+(e.g. the base model), whose seed variance is taken as 0.
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ def mean_se(scores: list[float]) -> tuple[float, float]:
 
 
 def difference(a: list[float], b: list[float]) -> str:
-    """'d ± se' of mean(a) - mean(b), the SE of the difference from both groups' per-seed SEs."""
+    """'d ± se' of mean(a) - mean(b), the SE of the difference from both groups' per-seed SEs; '*' marks a
+    one-run group (e.g. the base model), which adds no seed variance."""
     (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
-    return f"{ma - mb:+.2f} ± {math.hypot(sa, sb):.2f}"
+    return f"{ma - mb:+.2f} ± {math.hypot(sa, sb):.2f}{'*' if min(len(a), len(b)) == 1 else ''}"
 
 
 def summary(values: list[tuple[float, float]]) -> str:

@@ -43,6 +43,8 @@ def test_columns_and_the_difference_to_a_baseline_by_hand(tmp_path):
     assert "| soft | 3 | 500 | 46.0 ± 1.2 (44.0 / 46.0 / 48.0; per-run SE 2.0) | 30.0 ± 0.0" in text
     assert text.splitlines()[-1].endswith("| +1.00 ± 5.13 | +0.00 ± 0.00 |")
     assert "| hard | 2 | 500 | 45.0 ± 5.0 (40.0 / 50.0; per-run SE 2.0) |" in text
+    one = seed_table.main(["--group", f"hard={','.join(h)}", "--group", f"base={s[0]}", "--baseline", "hard"])
+    assert one.splitlines()[-1].endswith("| -1.00 ± 5.00* | +0.00 ± 0.00* |")  # 44 - 45; pass@32 equal
 
 
 def test_a_seed_split_over_two_evaluations(tmp_path):
