@@ -38,8 +38,8 @@ NEAREST_SAMPLE = 512  # tokens whose nearest-neighbour distance is measured (all
 
 
 def embedding_scale(embedding: Tensor, kind: str = "rms") -> Tensor:
-    """The unit of gamma for the isotropic embedding noise, sigma = gamma * scale (docs/method.md, "Noise
-    scale"), float32 and detached: `rms` RMS(E) (the paper); `centred_rms` the RMS of E minus its mean row
+    """The unit of gamma for the isotropic embedding noise, sigma = gamma * scale, float32 and detached
+    (docs/method.md, "Noise scale"): `rms` RMS(E) (the paper); `centred_rms` the RMS of E minus its mean row
     (the spread of the tokens around their common mean); `nearest_token` the median distance from a token
     to its nearest other token over sqrt(d), so that the noise's norm, about sigma * sqrt(d), is gamma times
     that distance (measured on NEAREST_SAMPLE tokens drawn with a fixed seed when V is larger)."""
