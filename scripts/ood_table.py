@@ -5,6 +5,8 @@ scalars `ood/<dataset>/accuracy` and `ood/<dataset>/nll` (per-token NLL of the c
 method and dataset: the value at the last evaluation, mean ± standard error over seeds with the per-seed
 values, and its change from the base (the same run's step-0 value, i.e. the model before RL), again mean ±
 SE over seeds; a `base` row shows the step-0 values. `--plot` draws each method's mean curves over training.
+`--baseline LABEL` adds each method's change minus the baseline method's change, with the standard error of
+that difference, sqrt(SE_a^2 + SE_b^2), from the unrounded per-seed changes.
 
     python scripts/ood_table.py --group hard=runs/hard_s0,runs/hard_s1 --group soft=runs/soft_s0 \
         --out ood.md --plot ood.png
@@ -63,8 +65,21 @@ def cell(values: list[float], digits: int, signed: bool = False) -> str:
     )
 
 
-def rows(groups: list[tuple[str, list[Curves]]]) -> list[list[str]]:
-    """A base row, then one row per method and dataset: the last value and its change from step 0."""
+def changes(runs: list[Curves], key: str, scale: float) -> list[float]:
+    """Per run, the last value of `key` minus its step-0 value, scaled."""
+    return [(c[key][-1][1] - c[key][0][1]) * scale for c in runs if key in c]
+
+
+def diff_cell(a: list[float], b: list[float], digits: int) -> str:
+    """'d ± se' of mean(a) - mean(b), the SE of the difference from both groups' SEs over seeds."""
+    se = lambda x: statistics.stdev(x) / math.sqrt(len(x)) if len(x) > 1 else 0.0  # noqa: E731
+    d = statistics.fmean(a) - statistics.fmean(b)
+    return f"{d:+.{digits}f} ± {math.hypot(se(a), se(b)):.{digits}f}"
+
+
+def rows(groups: list[tuple[str, list[Curves]]], baseline: str | None = None) -> list[list[str]]:
+    """A base row, then one row per method and dataset: the last value and its change from step 0 (and with
+    a baseline, that change minus the baseline's)."""
     datasets = sorted({key.rsplit("/", 1)[0] for _, runs in groups for c in runs for key in c})
     out = []
     for ds in datasets:
@@ -74,7 +89,8 @@ def rows(groups: list[tuple[str, list[Curves]]]) -> list[list[str]]:
                 c[f"{ds}/{name}"][0][1] * scale for _, runs in groups for c in runs if f"{ds}/{name}" in c
             ]
             base += [cell([statistics.fmean(firsts)], digits), "-"]
-        out.append(["base (step 0)", ds, "-", *base])
+        out.append(["base (step 0)", ds, "-", *base] + (["-", "-"] if baseline else []))
+        ref = dict(groups).get(baseline) if baseline else None
         for label, runs in groups:
             have = [c for c in runs if f"{ds}/accuracy" in c and f"{ds}/nll" in c]
             if not have:
@@ -84,6 +100,12 @@ def rows(groups: list[tuple[str, list[Curves]]]) -> list[list[str]]:
                 last = [c[f"{ds}/{name}"][-1][1] * scale for c in have]
                 delta = [c[f"{ds}/{name}"][-1][1] * scale - c[f"{ds}/{name}"][0][1] * scale for c in have]
                 row += [cell(last, digits), cell(delta, digits, signed=True)]
+            if baseline is not None:
+                for name, scale, digits in METRICS:
+                    key, mine = f"{ds}/{name}", changes(have, f"{ds}/{name}", scale)
+                    theirs = changes(ref or [], key, scale)
+                    same = label == baseline or not theirs
+                    row.append("-" if same else diff_cell(mine, theirs, digits + 1))
             out.append(row)
     return out
 
@@ -125,11 +147,18 @@ def main(argv: list[str] | None = None) -> str:
     )
     p.add_argument("--out", type=output_file, default=None, help="write the markdown table here")
     p.add_argument("--plot", type=output_file, default=None, help="write the curves here (.png)")
+    p.add_argument("--baseline", default=None, help="a group LABEL: each change minus its change")
     args = p.parse_args(argv)
     with usage_errors(p):
         groups = [(label, [ood_curves(r) for r in runs]) for label, runs in args.group]
+        if args.baseline is not None and args.baseline not in dict(groups):
+            raise InputError(
+                f"--baseline {args.baseline!r} is not one of the groups {[g for g, _ in groups]}"
+            )
         head = ["method", "ood set", "seeds", "accuracy (%)", "accuracy - base", "NLL", "NLL - base"]
-        text = markdown_table(head, rows(groups))
+        if args.baseline is not None:
+            head += [f"accuracy change - {args.baseline}'s", f"NLL change - {args.baseline}'s"]
+        text = markdown_table(head, rows(groups, args.baseline))
     if args.out:
         args.out.write_text(text + "\n")
     if args.plot:

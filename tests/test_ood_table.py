@@ -38,6 +38,22 @@ def test_last_values_and_changes_from_the_base_by_hand(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
+def test_changes_against_a_baseline_by_hand(tmp_path, capsys):
+    h0 = _run(tmp_path / "h0", [0.30, 0.10], [0.08, 0.12])
+    h1 = _run(tmp_path / "h1", [0.30, 0.20], [0.08, 0.10])
+    s0 = _run(tmp_path / "s0", [0.30, 0.25], [0.08, 0.09])
+    s1 = _run(tmp_path / "s1", [0.30, 0.27], [0.08, 0.08])
+    text = ood_table.main(["--group", f"hard={h0},{h1}", "--group", f"soft={s0},{s1}", "--baseline", "hard"])
+    lines = text.splitlines()
+    assert lines[0].endswith("| accuracy change - hard's | NLL change - hard's |")
+    # accuracy changes: hard -20, -10 (SE 5); soft -5, -3 (SE 1): +11.0 ± sqrt(26) = 5.10
+    # NLL changes: hard +0.04, +0.02 (SE 0.01); soft +0.01, 0 (SE 0.005): -0.0250 ± 0.0112
+    assert lines[-1].endswith("| +11.00 ± 5.10 | -0.0250 ± 0.0112 |")
+    assert lines[-2].endswith("| - | - |")  # hard itself
+    err = usage_error(ood_table.main, ["--group", f"hard={h0}", "--baseline", "soft"], capsys)
+    assert "--baseline 'soft' is not one of the groups ['hard']" in err
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
