@@ -60,7 +60,7 @@ except ModuleNotFoundError:  # run as `python scripts/mnns_traces.py`: scripts/ 
     import representer_configs as rc
     from script_inputs import InputError, comma_list, count, number, output_file, read_text, usage_errors
 
-from soft_tokens.data.mnns import generate_split, minimum
+from soft_tokens.data.mnns import generate_split, minimum, split_instances
 from soft_tokens.data.prompts import PromptBuilder
 from soft_tokens.rewards.math_reward import MathReward
 from soft_tokens.rollout.logprobs import hidden_states
@@ -116,8 +116,9 @@ def group_stats(cots: list[str], digits: tuple[int, ...]) -> tuple[int, bool]:
     return len({partial_sums(c) for c in cots}), any(reaches_minimum(c, digits) for c in cots)
 
 
-def measure(model, engine, rep, examples, G: int, seed: int) -> dict[str, float]:
-    """The metrics of one representer on `examples`, G samples each (see the module docstring)."""
+def measure(model, engine, rep, examples, digits_of, G: int, seed: int) -> dict[str, float]:
+    """The metrics of one representer on `examples` (with their digits, `digits_of`), G samples each (see the
+    module docstring)."""
     prompt = PromptBuilder("compact")
     reward = MathReward()
     tok = engine.tokenizer
@@ -130,8 +131,7 @@ def measure(model, engine, rep, examples, G: int, seed: int) -> dict[str, float]
     correct, ent_sum, ent_n, distinct, optimal, mismatch = 0.0, 0.0, 0, [], [], [0, 0]
     minority, minority_in = [], []
     tau = input_tau(rep)
-    for ex in examples:
-        digits = tuple(int(x) for x in re.findall(r"\d", ex.question.split("digits ")[1].split(" so")[0]))
+    for ex, digits in zip(examples, digits_of, strict=True):
         with torch.no_grad():
             ro = engine.generate(model, [prompt(ex.question)] * G, rep, generator=gen)
             _, c = reward.score_batch(ro.completions, [ex.answer] * G)
@@ -243,6 +243,7 @@ def rows(args: argparse.Namespace) -> Iterator[dict]:
     """One row of metrics per representer."""
     model, engine = gd.load(args)
     examples = generate_split("test", args.n, seed=0)
+    digits_of = split_instances("test", seed=0)[: args.n]  # the same instances, in the same order
     for name in args.representers:
         knobs = {"temperature": args.answer_temperature} if name == "hard" else {}
         for key in ("gamma", "noise_top_k", "noise_min_entropy"):
@@ -255,7 +256,7 @@ def rows(args: argparse.Namespace) -> Iterator[dict]:
             "n": args.n,
             "G": args.G,
             "seed": args.seed,
-        } | measure(model, engine, rep, examples, args.G, args.seed)
+        } | measure(model, engine, rep, examples, digits_of, args.G, args.seed)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

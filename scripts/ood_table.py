@@ -6,7 +6,8 @@ method and dataset: the value at the last evaluation, mean ± standard error ove
 values, and its change from the base (the same run's step-0 value, i.e. the model before RL), again mean ±
 SE over seeds; a `base` row shows the step-0 values. `--plot` draws each method's mean curves over training.
 `--baseline LABEL` adds each method's change minus the baseline method's change, with the standard error of
-that difference, sqrt(SE_a^2 + SE_b^2), from the unrounded per-seed changes.
+that difference, sqrt(SE_a^2 + SE_b^2), from the unrounded per-seed changes (`*`: a one-run group, whose
+seed variance is taken as 0; scripts/seed_table.py's `difference`).
 
     python scripts/ood_table.py --group hard=runs/hard_s0,runs/hard_s1 --group soft=runs/soft_s0 \
         --out ood.md --plot ood.png
@@ -15,7 +16,6 @@ that difference, sqrt(SE_a^2 + SE_b^2), from the unrounded per-seed changes.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 
@@ -23,9 +23,11 @@ from soft_tokens.eval.markdown import markdown_table
 
 try:
     from scripts.script_inputs import InputError, existing_folder, output_file, usage_errors
+    from scripts.seed_table import difference, mean_se
     from scripts.summarize_runs import scalars
 except ModuleNotFoundError:  # run as `python scripts/ood_table.py`: scripts/ itself is on the path
     from script_inputs import InputError, existing_folder, output_file, usage_errors
+    from seed_table import difference, mean_se
     from summarize_runs import scalars
 
 Curves = dict[str, list[tuple[int, float]]]  # "<dataset>/<metric>" -> [(step, value)]
@@ -59,22 +61,13 @@ def cell(values: list[float], digits: int, signed: bool = False) -> str:
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
     if len(values) == 1:
         return f.format(values[0])
-    se = statistics.stdev(values) / math.sqrt(len(values))
-    return (
-        f"{f.format(statistics.fmean(values))} ± {se:.{digits}f} ({' / '.join(f.format(v) for v in values)})"
-    )
+    mean, se = mean_se(values)
+    return f"{f.format(mean)} ± {se:.{digits}f} ({' / '.join(f.format(v) for v in values)})"
 
 
 def changes(runs: list[Curves], key: str, scale: float) -> list[float]:
     """Per run, the last value of `key` minus its step-0 value, scaled."""
     return [(c[key][-1][1] - c[key][0][1]) * scale for c in runs if key in c]
-
-
-def diff_cell(a: list[float], b: list[float], digits: int) -> str:
-    """'d ± se' of mean(a) - mean(b), the SE of the difference from both groups' SEs over seeds."""
-    se = lambda x: statistics.stdev(x) / math.sqrt(len(x)) if len(x) > 1 else 0.0  # noqa: E731
-    d = statistics.fmean(a) - statistics.fmean(b)
-    return f"{d:+.{digits}f} ± {math.hypot(se(a), se(b)):.{digits}f}"
 
 
 def rows(groups: list[tuple[str, list[Curves]]], baseline: str | None = None) -> list[list[str]]:
@@ -105,7 +98,7 @@ def rows(groups: list[tuple[str, list[Curves]]], baseline: str | None = None) ->
                     key, mine = f"{ds}/{name}", changes(have, f"{ds}/{name}", scale)
                     theirs = changes(ref or [], key, scale)
                     same = label == baseline or not theirs
-                    row.append("-" if same else diff_cell(mine, theirs, digits + 1))
+                    row.append("-" if same else difference(mine, theirs, digits + 1))
             out.append(row)
     return out
 

@@ -82,11 +82,12 @@ def mean_se(scores: list[float]) -> tuple[float, float]:
     return statistics.fmean(scores), se
 
 
-def difference(a: list[float], b: list[float]) -> str:
+def difference(a: list[float], b: list[float], digits: int = 2) -> str:
     """'d ± se' of mean(a) - mean(b), the SE of the difference from both groups' per-seed SEs; '*' marks a
     one-run group (e.g. the base model), which adds no seed variance."""
     (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
-    return f"{ma - mb:+.2f} ± {math.hypot(sa, sb):.2f}{'*' if min(len(a), len(b)) == 1 else ''}"
+    one = "*" if min(len(a), len(b)) == 1 else ""
+    return f"{ma - mb:+.{digits}f} ± {math.hypot(sa, sb):.{digits}f}{one}"
 
 
 def summary(values: list[tuple[float, float]]) -> str:
@@ -94,8 +95,7 @@ def summary(values: list[tuple[float, float]]) -> str:
     scores = [v for v, _ in values]
     if len(scores) == 1:
         return f"{scores[0]:.1f} (one run; its SE {values[0][1]:.1f})"
-    mean = statistics.fmean(scores)
-    se = statistics.stdev(scores) / math.sqrt(len(scores))
+    mean, se = mean_se(scores)
     seeds = " / ".join(f"{v:.1f}" for v in scores)
     return f"{mean:.1f} ± {se:.1f} ({seeds}; per-run SE {statistics.fmean(e for _, e in values):.1f})"
 

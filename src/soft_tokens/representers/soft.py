@@ -45,11 +45,13 @@ def embedding_scale(embedding: Tensor, kind: str = "rms") -> Tensor:
     that distance (measured on NEAREST_SAMPLE tokens drawn with a fixed seed when V is larger)."""
     if kind == "rms":
         return embedding_rms(embedding)
-    E = embedding.detach().float()
     if kind == "centred_rms":
-        return embedding_rms(E - E.mean(0))
+        # mean((E - m)^2) = mean(E^2) - mean_j(m_j^2): no centred (or float32) copy of E, as in embedding_rms
+        mean_row = embedding.detach().sum(0, dtype=torch.float64) / embedding.shape[0]
+        return (embedding_rms(embedding).double() ** 2 - mean_row.pow(2).mean()).clamp(min=0).sqrt().float()
     if kind != "nearest_token":
         raise ValueError(f"noise_scale must be one of {', '.join(NOISE_SCALES)}, got {kind!r}")
+    E = embedding.detach().float()
     V, d = E.shape
     rows = torch.arange(V, device=E.device)
     if V > NEAREST_SAMPLE:
