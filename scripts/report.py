@@ -99,12 +99,12 @@ def load_run(spec: str) -> tuple[str, Path, EvalResults]:
     return name or res.name, file.parent, res
 
 
-def _shown(path: str) -> str:
-    """A path relative to the working directory when it lies inside it (reports name repository files)."""
+def _shown(path: str | Path) -> str:
+    """A path relative to the working directory, or `.../<parent>/<name>` outside it: no machine paths in a report."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
-        return path
+        return "/".join(["...", *Path(path).parts[-2:]])
 
 
 def _column(setting: str) -> str:
@@ -246,7 +246,7 @@ def write_report(
                     r.n_problems,
                     max((s.num_samples for s in r.settings), default=0),
                     r.meta.get("max_cot_tokens", "?"),
-                    f"`{folder}`",
+                    f"`{_shown(folder)}`",
                 ]
                 for n, folder, r in runs
             ],

@@ -311,6 +311,7 @@ def test_report_merges_runs_into_tables(tmp_path, monkeypatch):
     assert "| soft | 30.0 ± 23.0 |" in text  # OOD accuracy
     assert "| soft | 0.100 |" in text  # NLL change vs base
     assert "(with 10 problems, one problem is 10.0 points)" in text
+    assert str(tmp_path) not in text and "`.../" + tmp_path.name + "/soft`" in text
     pngs = sorted(p.name for p in (tmp_path / "docs").glob("*.png"))
     assert "evaluation_report_greedy_pass1.png" in pngs and "evaluation_report_sample_pass4.png" in pngs
     assert len(pngs) == 6
