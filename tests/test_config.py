@@ -125,8 +125,11 @@ def test_mnns_presets_are_the_study_commands(preset, study):
     assert composed == ran
 
 
-def test_embedded_fuzzy_experiment_trains_the_answer_tokens_only():
-    cfg = compose_train(["experiment=embedded_fuzzy", "paths.output_dir=/tmp/x"])
-    assert cfg.representer.name == "fuzzy" and cfg.module.freeze_embeddings
-    assert cfg.module.samples_per_prompt == 16 and cfg.module.optim.lr == 3e-5
-    assert cfg.module.cot_grad_weight == 0.0 and cfg.estimator.beta == 0.0
+def test_embedded_fuzzy_preset_is_the_study_command():
+    """experiment=embedded_fuzzy composes round 6's fuzzy runs: tau 0.1, placed noise, CoT term kept, lr 3e-5."""
+    study = ["representer=fuzzy", "representer.tau=0.1", *PLACED, "module.samples_per_prompt=16"]
+    composed = OmegaConf.to_container(compose_train(["experiment=embedded_fuzzy", "paths.output_dir=/tmp/x"]))
+    ran = OmegaConf.to_container(compose_train([*study, "module.optim.lr=3e-5", "paths.output_dir=/tmp/x"]))
+    assert composed.pop("task_name") == "embedded_fuzzy" and ran.pop("task_name") == "train"
+    assert composed == ran
+    assert composed["module"]["cot_grad_weight"] == 1.0 and not composed["module"]["freeze_embeddings"]
