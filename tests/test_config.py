@@ -126,8 +126,14 @@ def test_mnns_presets_are_the_study_commands(preset, study):
 
 
 def test_embedded_fuzzy_preset_is_the_study_command():
-    """experiment=embedded_fuzzy composes round 6's fuzzy runs: tau 0.1, placed noise, CoT term kept, lr 3e-5."""
-    study = ["representer=fuzzy", "representer.tau=0.1", *PLACED, "module.samples_per_prompt=16"]
+    """experiment=embedded_fuzzy composes round 6's fuzzy runs: tau 0.1, placed noise at gamma 0.7, CoT term kept, lr 3e-5."""
+    study = [
+        "representer=fuzzy",
+        "representer.tau=0.1",
+        *PLACED,
+        "module.samples_per_prompt=16",
+        "representer.gamma=0.7",
+    ]
     composed = OmegaConf.to_container(compose_train(["experiment=embedded_fuzzy", "paths.output_dir=/tmp/x"]))
     ran = OmegaConf.to_container(compose_train([*study, "module.optim.lr=3e-5", "paths.output_dir=/tmp/x"]))
     assert composed.pop("task_name") == "embedded_fuzzy" and ran.pop("task_name") == "train"
